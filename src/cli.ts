@@ -1,0 +1,180 @@
+#!/usr/bin/env node
+/**
+ * Command line: argv → config → the proxy (in front of a configured upstream or
+ * the embedded default), or the `check` subcommand.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError, readConfigFile, resolveConfig, type ProxyConfig, type UpstreamTarget } from './config/config.js';
+import { createLogger } from './observability/logger.js';
+import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
+import { ProxyServer } from './server.js';
+import { describeTarget } from './upstream/connect.js';
+import { VERSION } from './version.js';
+
+const HELP = `pg-readonly-proxy ${VERSION}: a PostgreSQL proxy that makes every session read-only
+
+Usage:
+  pg-readonly-proxy [options]            run the proxy
+  pg-readonly-proxy check [options] SQL  print the policy's decision for each statement
+                                         (reads SQL from stdin when none is given;
+                                         exit 1 if anything is refused)
+
+Options:
+  -c, --config FILE        YAML configuration (see config.example.yaml)
+  -l, --listen HOST:PORT   where clients connect (default 127.0.0.1:6432)
+  -u, --upstream URL       postgres://HOST:PORT of the server to protect
+                           (PGHOST / PGPORT are read too); with none, an embedded
+                           PostgreSQL with demo data is started
+      --log-level LEVEL    fatal, error, warn, info, debug, trace or silent
+  -h, --help               show this help
+  -v, --version            show the version
+`;
+
+interface Args {
+  command: 'run' | 'check';
+  config?: string;
+  listen?: string;
+  upstream?: string;
+  logLevel?: string;
+  sql: string[];
+}
+
+function parseCli(argv: string[]): Args | 'help' | 'version' {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      listen: { type: 'string', short: 'l' },
+      upstream: { type: 'string', short: 'u' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
+    },
+  });
+  if (values.help) return 'help';
+  if (values.version) return 'version';
+  let command: Args['command'] = 'run';
+  const rest = [...positionals];
+  if (rest[0] === 'check') {
+    command = 'check';
+    rest.shift();
+  } else if (rest.length > 0) {
+    throw new ConfigError(`unknown command "${rest[0]}" (see --help)`);
+  }
+  return {
+    command,
+    config: values.config,
+    listen: values.listen,
+    upstream: values.upstream,
+    logLevel: values['log-level'],
+    sql: rest,
+  };
+}
+
+function loadConfig(args: Args): ProxyConfig {
+  const raw = args.config ? readConfigFile(args.config) : {};
+  if (args.logLevel) raw.log = { ...raw.log, level: args.logLevel as never };
+  return resolveConfig(raw, { listen: args.listen, upstream: args.upstream });
+}
+
+async function runCheck(args: Args): Promise<number> {
+  const config = loadConfig(args);
+  await loadParser();
+  const policy = createPolicy(config.policy);
+  const sql = args.sql.length > 0 ? args.sql.join(' ') : readFileSync(0, 'utf8');
+  const decision = policy.classify(sql);
+  process.stdout.write(formatCheckReport(sql, decision) + '\n');
+  return decision.allowed ? 0 : 1;
+}
+
+async function runProxy(args: Args): Promise<void> {
+  const config = loadConfig(args);
+  const logger = createLogger(config.logLevel);
+  await loadParser();
+  const policy = createPolicy(config.policy);
+
+  let upstream: UpstreamTarget;
+  let stopEmbedded: (() => Promise<void>) | undefined;
+  let banner: ((addr: { host: string; port: number }) => string) | undefined;
+  if (config.upstream) {
+    upstream = config.upstream;
+  } else {
+    const { startEmbedded } = await import('./embedded/embedded.js');
+    const { DEMO_DATABASE, DEMO_PASSWORD, DEMO_USER } = await import('./embedded/demo-schema.js');
+    logger.info({ dataDir: config.embedded.dataDir }, 'no upstream configured: starting the embedded PostgreSQL');
+    const embedded = await startEmbedded({ ...config.embedded, logger, demo: true });
+    upstream = { host: embedded.host, port: embedded.port };
+    stopEmbedded = embedded.stop;
+    banner = (addr: { host: string; port: number }) =>
+      [
+        '',
+        `pg-readonly-proxy is listening on ${addr.host}:${addr.port}, in front of an embedded PostgreSQL with demo data.`,
+        'Connect with:',
+        '',
+        `  psql "postgresql://${DEMO_USER}:${DEMO_PASSWORD}@${hostForUrl(addr.host)}:${addr.port}/${DEMO_DATABASE}"`,
+        '',
+        'Reads work; writes are refused. Press Ctrl-C to stop.',
+        '',
+      ].join('\n');
+  }
+
+  const server = new ProxyServer({ config, upstream, policy, logger });
+  let addr: { host: string; port: number };
+  try {
+    addr = await server.listen();
+  } catch (err) {
+    await stopEmbedded?.();
+    throw err;
+  }
+  logger.info({ event: 'listening', listen: `${addr.host}:${addr.port}`, upstream: describeTarget(upstream), version: VERSION }, 'listening');
+  if (banner) process.stderr.write(banner(addr));
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      await stopEmbedded?.().catch(() => undefined);
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal }, 'signal received');
+    await server.shutdown();
+    await stopEmbedded?.();
+    logger.info({ event: 'stopped' }, 'stopped');
+    logger.flush();
+    process.exitCode = 0;
+    setTimeout(() => process.exit(0), 200).unref();
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+function hostForUrl(host: string): string {
+  if (host === '0.0.0.0' || host === '::') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+async function main(): Promise<void> {
+  let args: ReturnType<typeof parseCli>;
+  try {
+    args = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`pg-readonly-proxy: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  if (args === 'help') return void process.stdout.write(HELP);
+  if (args === 'version') return void process.stdout.write(`${VERSION}\n`);
+  try {
+    if (args.command === 'check') process.exitCode = await runCheck(args);
+    else await runProxy(args);
+  } catch (err) {
+    const message = err instanceof ConfigError ? err.message : ((err as Error).stack ?? String(err));
+    process.stderr.write(`pg-readonly-proxy: ${message}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  }
+}
+
+await main();

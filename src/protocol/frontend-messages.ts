@@ -1,0 +1,92 @@
+/**
+ * Pure encode/decode of frontend (client → server) messages. Decoders are strict
+ * the way PostgreSQL is: a string must end in its NUL and a message must have no
+ * bytes left over, so trailing bytes cannot hide a second statement.
+ */
+import { serialize } from 'pg-protocol';
+import { StartupCode } from './codes.js';
+import { MalformedMessage, MessageReader } from './reader.js';
+import { MessageWriter } from './writer.js';
+
+export type StartupPacket =
+  | { type: 'startup'; major: number; minor: number; params: Map<string, string> }
+  | { type: 'ssl' }
+  | { type: 'gssenc' }
+  | { type: 'cancel'; processId: number; secretKey: Buffer }
+  | { type: 'unknown'; code: number };
+
+/** Decodes the untyped first packet (length included). */
+export function decodeStartupPacket(msg: Buffer): StartupPacket {
+  const len = msg.readInt32BE(0);
+  const r = new MessageReader(msg, 4, len);
+  const code = r.int32();
+  switch (code) {
+    case StartupCode.SSLRequest:
+      r.expectEnd();
+      return { type: 'ssl' };
+    case StartupCode.GSSENCRequest:
+      r.expectEnd();
+      return { type: 'gssenc' };
+    case StartupCode.CancelRequest: {
+      const processId = r.int32();
+      const secretKey = Buffer.from(r.bytes(r.remaining));
+      if (secretKey.length < 4 || secretKey.length > 256) throw new MalformedMessage('invalid length of cancel request');
+      return { type: 'cancel', processId, secretKey };
+    }
+  }
+  const major = code >>> 16;
+  const minor = code & 0xffff;
+  if (major !== 3) return { type: 'unknown', code };
+  const params = new Map<string, string>();
+  for (;;) {
+    const key = r.cstring();
+    if (key === '') break;
+    const value = r.cstring();
+    if (params.has(key)) throw new MalformedMessage(`startup parameter "${key}" given twice`);
+    params.set(key, value);
+  }
+  r.expectEnd();
+  return { type: 'startup', major, minor, params };
+}
+
+/** A protocol 3.0 StartupMessage with the parameters in the order given. */
+export function encodeStartupMessage(params: Iterable<[string, string]>): Buffer {
+  const w = new MessageWriter(null).int32(StartupCode.Protocol3);
+  for (const [k, v] of params) w.cstring(k).cstring(v);
+  return w.int8(0).finish();
+}
+
+export function encodeCancelRequest(processId: number, secretKey: Buffer): Buffer {
+  return new MessageWriter(null, 16).int32(StartupCode.CancelRequest).int32(processId).bytes(secretKey).finish();
+}
+
+/** The query text of a Query message, as raw bytes. */
+export function decodeQuery(msg: Buffer): Buffer {
+  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
+  const text = r.cstringBytes();
+  r.expectEnd();
+  return text;
+}
+
+export interface ParseMessage {
+  name: string;
+  query: Buffer;
+  paramTypes: number[];
+}
+
+export function decodeParse(msg: Buffer): ParseMessage {
+  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
+  const name = r.cstring();
+  const query = r.cstringBytes();
+  const n = r.int16();
+  if (n < 0) throw new MalformedMessage();
+  const paramTypes: number[] = [];
+  for (let i = 0; i < n; i++) paramTypes.push(r.int32() >>> 0);
+  r.expectEnd();
+  return { name, query, paramTypes };
+}
+
+export const encodeQuery = (text: string): Buffer => Buffer.from(serialize.query(text));
+export const encodeParse = (name: string, text: string): Buffer =>
+  Buffer.from(serialize.parse({ name, text, types: [] }));
+export const encodeTerminate = (): Buffer => Buffer.from(serialize.end());

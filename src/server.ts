@@ -1,0 +1,89 @@
+/**
+ * The listener: one Session per client socket, a global connection limit, and
+ * graceful shutdown (stop accepting, let sessions finish within a grace period,
+ * then end them).
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { ProxyConfig, UpstreamTarget } from './config/config.js';
+import type { Logger } from './observability/logger.js';
+import type { Policy } from './policy/types.js';
+import { encodeErrorResponse } from './protocol/backend-messages.js';
+import { SqlState } from './protocol/sqlstate.js';
+import { CancelRegistry } from './session/cancel-registry.js';
+import { Session, type SessionContext } from './session/session.js';
+
+export interface ProxyServerOptions {
+  config: ProxyConfig;
+  upstream: UpstreamTarget;
+  policy: Policy;
+  logger: Logger;
+}
+
+export class ProxyServer {
+  private readonly server: Server;
+  private readonly sessions = new Set<Session>();
+  private readonly ctx: SessionContext;
+  private closing = false;
+
+  constructor(private readonly opts: ProxyServerOptions) {
+    this.ctx = {
+      config: opts.config,
+      upstream: opts.upstream,
+      policy: opts.policy,
+      logger: opts.logger,
+      cancels: new CancelRegistry(),
+      onClose: (s) => this.sessions.delete(s),
+    };
+    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server.on('error', (err) => opts.logger.error({ err }, 'listener error'));
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) {
+      socket.end(refuseMessage(SqlState.CannotConnectNow, 'the proxy is shutting down'));
+      return;
+    }
+    if (this.sessions.size >= this.opts.config.maxClientConnections) {
+      this.opts.logger.warn({ event: 'connection_limit', limit: this.opts.config.maxClientConnections }, 'too many connections');
+      socket.on('error', () => undefined);
+      socket.end(refuseMessage(SqlState.TooManyConnections, 'sorry, too many clients already'));
+      return;
+    }
+    this.sessions.add(new Session(socket, this.ctx));
+  }
+
+  /** Resolves with the bound address once listening. */
+  listen(): Promise<{ host: string; port: number }> {
+    const { host, port } = this.opts.config.listen;
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const addr = this.server.address();
+        resolve(typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port });
+      });
+    });
+  }
+
+  get activeSessions(): number {
+    return this.sessions.size;
+  }
+
+  /** Stops accepting; waits up to graceMs for sessions to end, then ends the rest. */
+  async shutdown(graceMs = this.opts.config.shutdownGraceMs): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.opts.logger.info({ event: 'shutdown', sessions: this.sessions.size, grace_ms: graceMs }, 'shutting down');
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const deadline = Date.now() + graceMs;
+    while (this.sessions.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
+    }
+    for (const s of [...this.sessions]) s.terminate('terminating connection due to administrator command');
+    await closed;
+  }
+}
+
+function refuseMessage(code: string, message: string): Buffer {
+  return encodeErrorResponse({ severity: 'FATAL', code, message });
+}

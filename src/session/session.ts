@@ -1,0 +1,635 @@
+/**
+ * One client connection and its own upstream connection.
+ *
+ * Data path: client bytes → MessageFramer (whole messages) → policy decision →
+ * upstream bytes (raw, or a substitute when refused); upstream bytes →
+ * BackendScanner (headers only) → client, with only ReadyForQuery,
+ * ParameterStatus, ErrorResponse, BackendKeyData and auth messages looked at.
+ *
+ * A refused statement is never sent. In its place the server is given a
+ * statement that fails harmlessly, so the server's transaction ends up exactly as
+ * after a server-side error; the server's error is then swapped for the proxy's.
+ */
+import { randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import type { Logger } from '../observability/logger.js';
+import type { ProxyConfig, UpstreamTarget } from '../config/config.js';
+import type { Policy, Refusal } from '../policy/types.js';
+import { AuthCode, BackendCode, FrontendCode, TxStatus } from '../protocol/codes.js';
+import { SqlState } from '../protocol/sqlstate.js';
+import { MessageFramer } from '../protocol/message-framer.js';
+import { BackendScanner, codeSet, type Verdict } from '../protocol/backend-scanner.js';
+import {
+  decodeAuthenticationCode,
+  decodeBackendKeyData,
+  decodeErrorFields,
+  decodeParameterStatus,
+  decodeReadyForQuery,
+  encodeBackendKeyData,
+  encodeErrorResponse,
+  encodeNegotiateProtocolVersion,
+  type BackendKey,
+  type ErrorFields,
+} from '../protocol/backend-messages.js';
+import {
+  decodeParse,
+  decodeQuery,
+  decodeStartupPacket,
+  encodeCancelRequest,
+  encodeParse,
+  encodeQuery,
+  encodeStartupMessage,
+  encodeTerminate,
+} from '../protocol/frontend-messages.js';
+import { MalformedMessage } from '../protocol/reader.js';
+import { connectUpstream, UpstreamConnectError } from '../upstream/connect.js';
+import { sanitiseStartup } from './startup.js';
+import type { CancelRegistry } from './cancel-registry.js';
+
+export interface SessionContext {
+  config: ProxyConfig;
+  upstream: UpstreamTarget;
+  policy: Policy;
+  logger: Logger;
+  cancels: CancelRegistry;
+  onClose(session: Session): void;
+}
+
+type Phase = 'startup' | 'connecting' | 'authenticating' | 'verifying' | 'ready' | 'closed';
+
+/** Encodings whose multibyte characters may contain ASCII bytes: the proxy would lex them differently. */
+const UNSAFE_CLIENT_ENCODINGS = new Set(['SJIS', 'BIG5', 'GBK', 'UHC', 'GB18030', 'JOHAB']);
+
+/** Upstream messages the session must see while it is ready. */
+const READY_CODES = codeSet([
+  BackendCode.ReadyForQuery,
+  BackendCode.ParameterStatus,
+  BackendCode.ErrorResponse,
+  BackendCode.BackendKeyData,
+  BackendCode.Authentication,
+  BackendCode.CopyInResponse,
+  BackendCode.CopyBothResponse,
+  BackendCode.NegotiateProtocolVersion,
+]);
+const ALL_CODES = codeSet(Array.from({ length: 256 }, (_, i) => i));
+
+/** The upstream messages an error during inspection can safely carry. */
+const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
+
+interface PendingRefusal {
+  marker: string;
+  refusal: Refusal;
+  /** The sync point (Query, Sync or FunctionCall) whose ReadyForQuery ends it. */
+  segment: number;
+}
+
+let nextSessionId = 1;
+
+export class Session {
+  readonly id = nextSessionId++;
+  readonly startedAt = Date.now();
+  private phase: Phase = 'startup';
+  private readonly log: Logger;
+  private readonly framer: MessageFramer;
+  private upstream: Socket | undefined;
+  private scanner: BackendScanner | undefined;
+  private interesting = new Uint8Array(READY_CODES);
+  private negotiations = 0;
+
+  private user = '';
+  private database = '';
+  private applicationName = '';
+  private proxyKey: BackendKey | undefined;
+  private upstreamKey: BackendKey | undefined;
+  private textEncoding: 'utf8' | 'latin1' = 'utf8';
+  private readOnlyConfirmed = false;
+  private serverVersionNum = 0;
+  private sessionAuthorization: string | undefined;
+  private txStatus: TxStatus = TxStatus.Idle;
+
+  /** Sync points sent upstream and ReadyForQuery messages received back. */
+  private segmentsSent = 0;
+  private segmentsDone = 0;
+  private pending: PendingRefusal[] = [];
+
+  private statements = 0;
+  private refused = 0;
+  private closeReason = '';
+  /** Set by an inspector that ended the session: close once its last message is written. */
+  private closeAfterWrite: string | undefined;
+
+  constructor(
+    private readonly client: Socket,
+    private readonly ctx: SessionContext,
+  ) {
+    this.log = ctx.logger.child({ session: this.id, client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}` });
+    this.framer = new MessageFramer(ctx.config.maxMessageBytes, { untypedFirst: true });
+    client.setNoDelay(true);
+    client.on('data', (chunk: Buffer) => {
+      this.framer.push(chunk);
+      this.pump();
+    });
+    client.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
+    client.on('close', () => this.onClientClosed());
+    this.log.info({ event: 'connection_opened' }, 'connection opened');
+  }
+
+  get isReady(): boolean {
+    return this.phase === 'ready';
+  }
+
+  /* ------------------------------------------------------------------ client side */
+
+  private pump(): void {
+    const up = this.upstream;
+    up?.cork();
+    try {
+      while (this.phase === 'startup' || this.phase === 'authenticating' || this.phase === 'ready') {
+        const r = this.framer.next();
+        if (r.kind === 'incomplete') break;
+        if (r.kind === 'error') {
+          const what = r.reason === 'length_too_large' ? `message length ${r.length} exceeds the limit` : `invalid message length ${r.length}`;
+          this.fatal({ code: SqlState.ProtocolViolation, message: `pg-readonly-proxy: ${what}` }, 'protocol_violation');
+          break;
+        }
+        if (this.phase === 'startup') this.onStartupPacket(r.msg);
+        else this.onClientMessage(r.code, r.msg);
+      }
+    } catch (err) {
+      if (err instanceof MalformedMessage) {
+        this.fatal({ code: SqlState.ProtocolViolation, message: err.message }, 'protocol_violation');
+      } else {
+        this.log.error({ err }, 'internal error handling client message');
+        this.fatal({ code: SqlState.InternalError, message: 'pg-readonly-proxy: internal error' }, 'internal_error');
+      }
+    } finally {
+      up?.uncork();
+    }
+  }
+
+  private onStartupPacket(msg: Buffer): void {
+    const packet = decodeStartupPacket(msg);
+    switch (packet.type) {
+      case 'ssl':
+      case 'gssenc':
+        // TLS and GSS encryption are not offered (yet): answer 'N', the client goes on in plaintext.
+        if (++this.negotiations > 2) {
+          this.fatal({ code: SqlState.ProtocolViolation, message: 'too many encryption negotiation requests' }, 'protocol_violation');
+          return;
+        }
+        this.client.write(Buffer.from('N'));
+        return;
+      case 'cancel': {
+        const outcome = this.ctx.cancels.cancel(packet.processId, packet.secretKey);
+        this.log.info({ event: 'cancel_request', outcome }, 'cancel request');
+        this.phase = 'closed';
+        this.closeReason = 'cancel request';
+        this.client.end();
+        return;
+      }
+      case 'unknown':
+        this.fatal(
+          {
+            code: SqlState.FeatureNotSupported,
+            message: `unsupported frontend protocol ${packet.code >>> 16}.${packet.code & 0xffff}: server supports 3.0 to 3.0`,
+          },
+          'startup_unsupported_protocol',
+        );
+        return;
+      case 'startup':
+        break;
+    }
+    const result = sanitiseStartup(packet.params, this.ctx.policy);
+    if (!result.ok) {
+      const r = result.refusal;
+      this.log.warn(
+        { event: 'security', kind: r.event, user: packet.params.get('user'), database: packet.params.get('database') },
+        `startup packet refused: ${r.message}`,
+      );
+      this.fatal({ code: r.sqlstate, message: r.message, detail: r.detail, hint: r.hint }, r.event);
+      return;
+    }
+    const s = result.startup;
+    this.user = s.user;
+    this.database = s.database;
+    this.applicationName = packet.params.get('application_name') ?? '';
+    this.framer.expectUntyped(false);
+    if (packet.minor > 0 || s.unsupportedProtocolOptions.length > 0) {
+      // Sessions run protocol 3.0 end to end: tell the client, as a server would.
+      this.client.write(encodeNegotiateProtocolVersion(0, s.unsupportedProtocolOptions));
+    }
+    this.phase = 'connecting';
+    this.client.pause();
+    void this.openUpstream(s.upstreamParams);
+  }
+
+  private onClientMessage(code: number, msg: Buffer): void {
+    if (this.phase === 'authenticating') {
+      if (code === FrontendCode.AuthResponse) return this.toUpstream(msg);
+      if (code === FrontendCode.Terminate) return this.close('client terminated');
+      return this.fatal(
+        { code: SqlState.ProtocolViolation, message: `expected an authentication response, got message type "${String.fromCharCode(code)}"` },
+        'protocol_violation',
+      );
+    }
+    switch (code) {
+      case FrontendCode.Query:
+        return this.onQuery(msg);
+      case FrontendCode.Parse:
+        return this.onParse(msg);
+      case FrontendCode.Sync:
+        this.segmentsSent++;
+        return this.toUpstream(msg);
+      case FrontendCode.Bind:
+      case FrontendCode.Execute:
+      case FrontendCode.Describe:
+      case FrontendCode.Close:
+      case FrontendCode.Flush:
+        return this.toUpstream(msg);
+      case FrontendCode.FunctionCall:
+        return this.onFunctionCall();
+      case FrontendCode.Terminate:
+        return this.close('client terminated');
+      case FrontendCode.CopyData:
+      case FrontendCode.CopyDone:
+      case FrontendCode.CopyFail:
+        return this.fatal(
+          { code: SqlState.ProtocolViolation, message: 'pg-readonly-proxy: COPY data received while not in COPY FROM STDIN' },
+          'protocol_violation',
+        );
+      default:
+        return this.fatal(
+          { code: SqlState.ProtocolViolation, message: `invalid frontend message type ${code}` },
+          'protocol_violation',
+        );
+    }
+  }
+
+  private decodeText(bytes: Buffer): string {
+    return bytes.toString(this.textEncoding);
+  }
+
+  private onQuery(msg: Buffer): void {
+    const sql = this.decodeText(decodeQuery(msg));
+    this.statements++;
+    const decision = this.ctx.policy.classify(sql);
+    const segment = ++this.segmentsSent;
+    if (decision.allowed) return this.toUpstream(msg);
+    const marker = this.recordRefusal(decision.refusal!, segment, 'Query');
+    this.toUpstream(encodeQuery(substituteSql(marker)));
+  }
+
+  private onParse(msg: Buffer): void {
+    const parse = decodeParse(msg);
+    this.statements++;
+    const decision = this.ctx.policy.classify(this.decodeText(parse.query));
+    if (decision.allowed) return this.toUpstream(msg);
+    const marker = this.recordRefusal(decision.refusal!, this.segmentsSent + 1, 'Parse');
+    this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
+  }
+
+  private onFunctionCall(): void {
+    const segment = ++this.segmentsSent;
+    this.statements++;
+    const marker = this.recordRefusal(
+      {
+        code: 'forbidden_function',
+        sqlstate: SqlState.InsufficientPrivilege,
+        kind: 'FUNCTION CALL',
+        message: 'pg-readonly-proxy: the fast-path FunctionCall message is not allowed',
+        hint: 'Call the function from a SELECT statement instead.',
+      },
+      segment,
+      'FunctionCall',
+    );
+    this.toUpstream(encodeQuery(substituteSql(marker)));
+  }
+
+  private recordRefusal(refusal: Refusal, segment: number, via: string): string {
+    this.refused++;
+    const marker = `pg-readonly-proxy refused statement ${randomBytes(8).toString('hex')}`;
+    if (this.pending.length >= 1024) this.pending.shift();
+    this.pending.push({ marker, refusal, segment });
+    this.log.warn(
+      {
+        event: 'statement_refused',
+        via,
+        reason: refusal.code,
+        kind: refusal.kind,
+        sqlstate: refusal.sqlstate,
+        user: this.user,
+        database: this.database,
+        application_name: this.applicationName,
+      },
+      refusal.message,
+    );
+    return marker;
+  }
+
+  /* ---------------------------------------------------------------- upstream side */
+
+  private async openUpstream(params: Array<[string, string]>): Promise<void> {
+    let socket: Socket;
+    try {
+      socket = await connectUpstream(this.ctx.upstream, this.ctx.config.upstreamConnectTimeoutMs);
+    } catch (err) {
+      const detail = err instanceof UpstreamConnectError ? err.message : String(err);
+      this.log.error({ event: 'upstream_connect_failed', err: detail }, 'could not connect to upstream');
+      this.fatal(
+        {
+          code: SqlState.ConnectionFailure,
+          message: 'pg-readonly-proxy: could not connect to the upstream server',
+          detail,
+        },
+        'upstream_connect_failed',
+      );
+      return;
+    }
+    if (this.phase === 'closed') {
+      socket.destroy();
+      return;
+    }
+    this.upstream = socket;
+    this.scanner = new BackendScanner(this.interesting, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
+    socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
+    socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
+    socket.on('close', () => this.close('upstream closed'));
+    this.phase = 'authenticating';
+    socket.write(encodeStartupMessage(params));
+    this.client.resume();
+    this.pump();
+  }
+
+  private onUpstreamData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    let pieces: Buffer[] = [];
+    try {
+      pieces = this.scanner!.scan(chunk);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'malformed upstream stream');
+      this.fatal({ code: SqlState.ProtocolViolation, message: 'pg-readonly-proxy: invalid message from the upstream server' }, 'upstream_protocol');
+      return;
+    }
+    const c = this.client;
+    let ok = true;
+    if (pieces.length === 1) ok = c.write(pieces[0]!);
+    else if (pieces.length > 1) {
+      c.cork();
+      for (const p of pieces) ok = c.write(p) && ok;
+      c.uncork();
+    }
+    if (this.closeAfterWrite) return this.close(this.closeAfterWrite);
+    if (!ok && this.upstream && !this.upstream.isPaused()) {
+      this.upstream.pause();
+      c.once('drain', () => this.upstream?.resume());
+    }
+  }
+
+  /** Called by the scanner for each message type in `interesting`. */
+  private readonly onUpstreamMessage = (code: number, msg: Buffer): Verdict => {
+    if (this.phase === 'closed') return null;
+    if (this.phase === 'verifying') return this.onVerifyMessage(code, msg);
+    switch (code) {
+      case BackendCode.ReadyForQuery:
+        return this.onReadyForQuery(msg);
+      case BackendCode.ParameterStatus:
+        return this.onParameterStatus(msg);
+      case BackendCode.ErrorResponse:
+        return this.onUpstreamError(msg);
+      case BackendCode.BackendKeyData:
+        this.upstreamKey = decodeBackendKeyData(msg);
+        if (this.proxyKey) this.ctx.cancels.release(this.proxyKey.processId);
+        this.proxyKey = this.ctx.cancels.issue(this);
+        return encodeBackendKeyData(this.proxyKey);
+      case BackendCode.Authentication: {
+        if (this.phase !== 'authenticating') return this.upstreamViolation('authentication request after login');
+        if (decodeAuthenticationCode(msg) === AuthCode.Ok) {
+          this.log.info({ event: 'authenticated', user: this.user, database: this.database, application_name: this.applicationName }, 'authenticated');
+        }
+        return undefined;
+      }
+      case BackendCode.NegotiateProtocolVersion:
+        return null;
+      default:
+        // CopyInResponse / CopyBothResponse: COPY FROM and replication are always refused.
+        return this.upstreamViolation(`unexpected message type "${String.fromCharCode(code)}"`);
+    }
+  };
+
+  private onReadyForQuery(msg: Buffer): Verdict {
+    this.txStatus = decodeReadyForQuery(msg);
+    if (this.phase === 'authenticating') {
+      if (!this.readOnlyConfirmed) {
+        if (this.serverVersionNum >= 140000) {
+          return this.pinViolation('the server did not confirm default_transaction_read_only = on');
+        }
+        // Before PostgreSQL 14 the setting is not reported: ask for it.
+        this.phase = 'verifying';
+        this.interesting.set(ALL_CODES);
+        this.toUpstream(encodeQuery('SHOW default_transaction_read_only'));
+        return null;
+      }
+      return this.becomeReady(msg);
+    }
+    this.segmentsDone++;
+    if (this.pending.length > 0) this.pending = this.pending.filter((p) => p.segment > this.segmentsDone);
+    return undefined;
+  }
+
+  private becomeReady(msg: Buffer): Buffer {
+    this.phase = 'ready';
+    this.log.info({ event: 'session_ready', server_version: this.serverVersionNum }, 'session ready, read-only pinned');
+    setImmediate(() => this.pump());
+    return msg;
+  }
+
+  private verifyValue: string | undefined;
+
+  private onVerifyMessage(code: number, msg: Buffer): Verdict {
+    if (code === BackendCode.DataRow) {
+      const n = msg.readInt16BE(5);
+      const len = msg.readInt32BE(7);
+      if (n === 1 && len >= 0) this.verifyValue = msg.subarray(11, 11 + len).toString('utf8');
+    } else if (code === BackendCode.ParameterStatus) {
+      return this.onParameterStatus(msg);
+    } else if (code === BackendCode.ReadyForQuery) {
+      this.interesting.set(READY_CODES);
+      if (this.verifyValue !== 'on') {
+        return this.pinViolation(`default_transaction_read_only is "${this.verifyValue ?? 'unknown'}" upstream`);
+      }
+      this.readOnlyConfirmed = true;
+      return this.becomeReady(msg);
+    } else if (code === BackendCode.ErrorResponse) {
+      return this.pinViolation('could not verify default_transaction_read_only');
+    }
+    return null;
+  }
+
+  /** Tracks a reported setting; returns why the session must end, if it must. */
+  private watchParameter(name: string, value: string): string | undefined {
+    switch (name) {
+      case 'default_transaction_read_only':
+        if (value !== 'on') return 'default_transaction_read_only was turned off';
+        this.readOnlyConfirmed = true;
+        return undefined;
+      case 'standard_conforming_strings':
+        return value === 'on' ? undefined : 'standard_conforming_strings was turned off';
+      case 'client_encoding':
+        if (UNSAFE_CLIENT_ENCODINGS.has(value.toUpperCase())) return `client_encoding was set to ${value}`;
+        this.textEncoding = value.toUpperCase() === 'UTF8' ? 'utf8' : 'latin1';
+        return undefined;
+      case 'session_authorization':
+        if (this.sessionAuthorization !== undefined && this.sessionAuthorization !== value) {
+          return 'session_authorization changed';
+        }
+        this.sessionAuthorization = value;
+        return undefined;
+      case 'server_version':
+        this.serverVersionNum = parseServerVersion(value);
+        return undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  private onParameterStatus(msg: Buffer): Verdict {
+    const { name, value } = decodeParameterStatus(msg);
+    const violation = this.watchParameter(name, value);
+    return violation ? this.pinViolation(violation) : undefined;
+  }
+
+  private onUpstreamError(msg: Buffer): Verdict {
+    if (this.pending.length === 0) return undefined;
+    const message = decodeErrorFields(msg).get('M') ?? '';
+    const i = this.pending.findIndex((p) => message.includes(p.marker));
+    if (i < 0) return undefined;
+    const { refusal } = this.pending[i]!;
+    this.pending.splice(i, 1);
+    return encodeErrorResponse({
+      severity: 'ERROR',
+      code: refusal.sqlstate,
+      message: refusal.message,
+      detail: refusal.detail,
+      hint: refusal.hint,
+      position: refusal.position,
+      routine: 'pg_readonly_proxy',
+    });
+  }
+
+  /** The upstream session stopped being read-only: end it at once. */
+  private pinViolation(why: string): Verdict {
+    this.log.error({ event: 'security', kind: 'pin_violation', why, user: this.user, database: this.database }, `read-only pin violated: ${why}`);
+    this.scanner?.halt();
+    const error = encodeErrorResponse({
+      severity: 'FATAL',
+      code: SqlState.ReadOnlySqlTransaction,
+      message: `pg-readonly-proxy: terminating connection: ${why}`,
+      hint: 'The session left read-only mode, so the proxy ended it.',
+    });
+    this.closeAfterWrite = 'pin violation';
+    return error;
+  }
+
+  private upstreamViolation(why: string): Verdict {
+    this.log.error({ event: 'upstream_protocol', why }, 'unexpected upstream message');
+    this.scanner?.halt();
+    this.closeAfterWrite = 'upstream protocol violation';
+    return encodeErrorResponse({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: `pg-readonly-proxy: ${why}` });
+  }
+
+  /* ------------------------------------------------------------------- lifecycle */
+
+  cancelUpstream(): void {
+    const key = this.upstreamKey;
+    if (!key) return;
+    const target = this.ctx.upstream;
+    const s = target.host.startsWith('/')
+      ? connect({ path: `${target.host}/.s.PGSQL.${target.port}` })
+      : connect({ host: target.host, port: target.port });
+    s.setTimeout(5000, () => s.destroy());
+    s.on('error', (err) => this.log.debug({ err: err.message }, 'cancel connection error'));
+    s.on('connect', () => s.end(encodeCancelRequest(key.processId, key.secretKey)));
+    this.log.info({ event: 'cancel_forwarded' }, 'cancel forwarded upstream');
+  }
+
+  private toUpstream(msg: Buffer): void {
+    const up = this.upstream;
+    if (!up || up.destroyed) return;
+    if (!up.write(msg) && !this.client.isPaused()) {
+      this.client.pause();
+      up.once('drain', () => this.client.resume());
+    }
+  }
+
+  /** Sends a FATAL error to the client, then closes both sides. */
+  fatal(e: Omit<ErrorFields, 'severity'>, kind: string): void {
+    this.log.warn({ event: 'fatal', kind, sqlstate: e.code }, e.message);
+    this.endWith(encodeErrorResponse({ severity: 'FATAL', ...e }), kind);
+  }
+
+  private endWith(lastMessage: Buffer, reason: string): void {
+    if (this.phase === 'closed') return;
+    if (!this.client.destroyed) this.client.end(lastMessage);
+    this.close(reason);
+  }
+
+  /** Ends the session from outside (shutdown). */
+  terminate(message: string): void {
+    this.fatal({ code: SqlState.AdminShutdown, message }, 'admin_shutdown');
+  }
+
+  private onClientClosed(): void {
+    if (this.phase === 'closed') return;
+    if (this.phase === 'ready' && this.segmentsSent > this.segmentsDone) {
+      // The client left mid-query: stop the server working for nobody.
+      this.cancelUpstream();
+    }
+    this.close('client disconnected');
+  }
+
+  close(reason: string): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.closeReason ||= reason;
+    const up = this.upstream;
+    if (up && !up.destroyed) {
+      up.end(encodeTerminate());
+      up.destroySoon();
+    }
+    if (!this.client.destroyed) this.client.end();
+    setTimeout(() => {
+      up?.destroy();
+      this.client.destroy();
+    }, 1000).unref();
+    if (this.proxyKey) this.ctx.cancels.release(this.proxyKey.processId);
+    this.log.info(
+      {
+        event: 'connection_closed',
+        reason: this.closeReason,
+        duration_ms: Date.now() - this.startedAt,
+        statements: this.statements,
+        refused: this.refused,
+        user: this.user || undefined,
+        database: this.database || undefined,
+      },
+      'connection closed',
+    );
+    this.ctx.onClose(this);
+  }
+}
+
+/**
+ * A statement that fails in PostgreSQL's parse analysis, before anything runs,
+ * carrying the marker in its error message.
+ */
+function substituteSql(marker: string): string {
+  return `SELECT '${marker}'::pg_catalog.int4`;
+}
+
+/** server_version as a number like server_version_num: '18.1' → 180001, '9.6.2' → 90602. */
+export function parseServerVersion(v: string): number {
+  const m = /^(\d+)(?:\.(\d+))?(?:\.(\d+))?/.exec(v);
+  if (!m) return 0;
+  const major = Number(m[1]);
+  return major >= 10 ? major * 10000 + Number(m[2] ?? 0) : major * 10000 + Number(m[2] ?? 0) * 100 + Number(m[3] ?? 0);
+}
