@@ -5,7 +5,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, readConfigFile, resolveConfig, type ProxyConfig, type UpstreamTarget } from './config/config.js';
+import {
+  ConfigError,
+  readConfigFile,
+  resolveConfig,
+  type ProxyConfig,
+  type UpstreamTarget,
+} from './config/config.js';
 import { createLogger } from './observability/logger.js';
 import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
 import { ProxyServer } from './server.js';
@@ -104,7 +110,10 @@ async function runProxy(args: Args): Promise<void> {
   } else {
     const { startEmbedded } = await import('./embedded/embedded.js');
     const { DEMO_DATABASE, DEMO_PASSWORD, DEMO_USER } = await import('./embedded/demo-schema.js');
-    logger.info({ dataDir: config.embedded.dataDir }, 'no upstream configured: starting the embedded PostgreSQL');
+    logger.info(
+      { dataDir: config.embedded.dataDir },
+      'no upstream configured: starting the embedded PostgreSQL',
+    );
     const embedded = await startEmbedded({ ...config.embedded, logger, demo: true });
     upstream = { host: embedded.host, port: embedded.port };
     stopEmbedded = embedded.stop;
@@ -129,7 +138,15 @@ async function runProxy(args: Args): Promise<void> {
     await stopEmbedded?.();
     throw err;
   }
-  logger.info({ event: 'listening', listen: `${addr.host}:${addr.port}`, upstream: describeTarget(upstream), version: VERSION }, 'listening');
+  logger.info(
+    {
+      event: 'listening',
+      listen: `${addr.host}:${addr.port}`,
+      upstream: describeTarget(upstream),
+      version: VERSION,
+    },
+    'listening',
+  );
   if (banner) process.stderr.write(banner(addr));
 
   let stopping = false;

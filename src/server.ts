@@ -44,7 +44,10 @@ export class ProxyServer {
       return;
     }
     if (this.sessions.size >= this.opts.config.maxClientConnections) {
-      this.opts.logger.warn({ event: 'connection_limit', limit: this.opts.config.maxClientConnections }, 'too many connections');
+      this.opts.logger.warn(
+        { event: 'connection_limit', limit: this.opts.config.maxClientConnections },
+        'too many connections',
+      );
       socket.on('error', () => undefined);
       socket.end(refuseMessage(SqlState.TooManyConnections, 'sorry, too many clients already'));
       return;
@@ -73,7 +76,10 @@ export class ProxyServer {
   async shutdown(graceMs = this.opts.config.shutdownGraceMs): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    this.opts.logger.info({ event: 'shutdown', sessions: this.sessions.size, grace_ms: graceMs }, 'shutting down');
+    this.opts.logger.info(
+      { event: 'shutdown', sessions: this.sessions.size, grace_ms: graceMs },
+      'shutting down',
+    );
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const deadline = Date.now() + graceMs;
     while (this.sessions.size > 0 && Date.now() < deadline) {

@@ -110,7 +110,9 @@ export function parseUpstreamUrl(s: string, what: string): UpstreamTarget {
     throw new ConfigError(`${what}: expected postgres://HOST:PORT, got "${s}"`);
   }
   if (url.username || url.password) {
-    throw new ConfigError(`${what}: credentials do not belong in the upstream URL; clients log in with their own`);
+    throw new ConfigError(
+      `${what}: credentials do not belong in the upstream URL; clients log in with their own`,
+    );
   }
   if (url.pathname !== '' && url.pathname !== '/') {
     throw new ConfigError(`${what}: the database comes from each client; remove "${url.pathname}"`);
@@ -133,7 +135,8 @@ export function resolveConfig(
 ): ProxyConfig {
   let upstream: UpstreamTarget | undefined;
   if (raw.upstream?.url) upstream = parseUpstreamUrl(raw.upstream.url, 'upstream.url');
-  if (raw.upstream?.host) upstream = { host: raw.upstream.host, port: raw.upstream.port ?? upstream?.port ?? 5432 };
+  if (raw.upstream?.host)
+    upstream = { host: raw.upstream.host, port: raw.upstream.port ?? upstream?.port ?? 5432 };
   else if (upstream && raw.upstream?.port) upstream.port = raw.upstream.port;
   if (env.PGHOST) {
     const envPort = env.PGPORT ? Number(env.PGPORT) : 5432;
@@ -146,7 +149,10 @@ export function resolveConfig(
   }
   if (overrides.upstream) upstream = parseUpstreamUrl(overrides.upstream, '--upstream');
 
-  const listen = parseHostPort(overrides.listen ?? raw.listen ?? '127.0.0.1:6432', overrides.listen ? '--listen' : 'listen');
+  const listen = parseHostPort(
+    overrides.listen ?? raw.listen ?? '127.0.0.1:6432',
+    overrides.listen ? '--listen' : 'listen',
+  );
   const p = raw.policy ?? {};
   const policy: Partial<PolicyOptions> = {};
   if (p.allow_statements) policy.allowStatements = p.allow_statements.map((s) => s.toUpperCase());

@@ -105,7 +105,13 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     persistent: true,
     createPostgresUser: process.getuid?.() === 0,
     initdbFlags: ['--encoding=UTF8', '--no-sync'],
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories=', ...(opts.postgresFlags ?? [])],
+    postgresFlags: [
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      'unix_socket_directories=',
+      ...(opts.postgresFlags ?? []),
+    ],
     onLog: (m: string) => log.debug(m.trim()),
     onError: (m: unknown) => log.warn({ err: String(m) }, 'embedded postgres'),
   });
@@ -128,7 +134,13 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
 }
 
 async function ensureDemo(s: EmbeddedServer): Promise<void> {
-  const admin = new pg.Client({ host: s.host, port: s.port, user: s.superuser.user, password: s.superuser.password, database: 'postgres' });
+  const admin = new pg.Client({
+    host: s.host,
+    port: s.port,
+    user: s.superuser.user,
+    password: s.superuser.password,
+    database: 'postgres',
+  });
   await admin.connect();
   try {
     const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DEMO_DATABASE]);
@@ -139,7 +151,13 @@ async function ensureDemo(s: EmbeddedServer): Promise<void> {
   } finally {
     await admin.end();
   }
-  const demo = new pg.Client({ host: s.host, port: s.port, user: DEMO_USER, password: DEMO_PASSWORD, database: DEMO_DATABASE });
+  const demo = new pg.Client({
+    host: s.host,
+    port: s.port,
+    user: DEMO_USER,
+    password: DEMO_PASSWORD,
+    database: DEMO_DATABASE,
+  });
   await demo.connect();
   try {
     await demo.query(DEMO_SCHEMA_SQL);

@@ -6,7 +6,14 @@ import { pino, type Logger } from 'pino';
 
 export type { Logger };
 
-export const REDACT_PATHS = ['password', '*.password', 'params.password', 'upstream.password', 'secret', '*.secret'];
+export const REDACT_PATHS = [
+  'password',
+  '*.password',
+  'params.password',
+  'upstream.password',
+  'secret',
+  '*.secret',
+];
 
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
   return pino(

@@ -30,7 +30,8 @@ export function decodeStartupPacket(msg: Buffer): StartupPacket {
     case StartupCode.CancelRequest: {
       const processId = r.int32();
       const secretKey = Buffer.from(r.bytes(r.remaining));
-      if (secretKey.length < 4 || secretKey.length > 256) throw new MalformedMessage('invalid length of cancel request');
+      if (secretKey.length < 4 || secretKey.length > 256)
+        throw new MalformedMessage('invalid length of cancel request');
       return { type: 'cancel', processId, secretKey };
     }
   }
@@ -57,7 +58,11 @@ export function encodeStartupMessage(params: Iterable<[string, string]>): Buffer
 }
 
 export function encodeCancelRequest(processId: number, secretKey: Buffer): Buffer {
-  return new MessageWriter(null, 16).int32(StartupCode.CancelRequest).int32(processId).bytes(secretKey).finish();
+  return new MessageWriter(null, 16)
+    .int32(StartupCode.CancelRequest)
+    .int32(processId)
+    .bytes(secretKey)
+    .finish();
 }
 
 /** The query text of a Query message, as raw bytes. */

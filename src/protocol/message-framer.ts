@@ -64,7 +64,8 @@ export class MessageFramer {
     if (this.head.length < headerLen) this.compact();
     const lenOffset = this.untyped ? 0 : 1;
     const length = this.head.readInt32BE(lenOffset);
-    if (length < 4 || (this.untyped && length < 8)) return { kind: 'error', reason: 'length_invalid', length };
+    if (length < 4 || (this.untyped && length < 8))
+      return { kind: 'error', reason: 'length_invalid', length };
     if (length > this.maxLength) return { kind: 'error', reason: 'length_too_large', length };
     const total = lenOffset + length;
     if (avail < total) return INCOMPLETE;

@@ -36,9 +36,14 @@ export class CancelRegistry {
   }
 
   /** What became of a CancelRequest (for logs and metrics). */
-  cancel(processId: number, secretKey: Buffer, now = Date.now()): 'forwarded' | 'unknown_key' | 'rate_limited' {
+  cancel(
+    processId: number,
+    secretKey: Buffer,
+    now = Date.now(),
+  ): 'forwarded' | 'unknown_key' | 'rate_limited' {
     const e = this.entries.get(processId);
-    if (!e || e.secret.length !== secretKey.length || !timingSafeEqual(e.secret, secretKey)) return 'unknown_key';
+    if (!e || e.secret.length !== secretKey.length || !timingSafeEqual(e.secret, secretKey))
+      return 'unknown_key';
     if (now - e.lastCancel < this.minIntervalMs) return 'rate_limited';
     e.lastCancel = now;
     e.target.cancelUpstream();

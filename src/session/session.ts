@@ -122,7 +122,10 @@ export class Session {
     private readonly client: Socket,
     private readonly ctx: SessionContext,
   ) {
-    this.log = ctx.logger.child({ session: this.id, client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}` });
+    this.log = ctx.logger.child({
+      session: this.id,
+      client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
+    });
     this.framer = new MessageFramer(ctx.config.maxMessageBytes, { untypedFirst: true });
     client.setNoDelay(true);
     client.on('data', (chunk: Buffer) => {
@@ -148,8 +151,14 @@ export class Session {
         const r = this.framer.next();
         if (r.kind === 'incomplete') break;
         if (r.kind === 'error') {
-          const what = r.reason === 'length_too_large' ? `message length ${r.length} exceeds the limit` : `invalid message length ${r.length}`;
-          this.fatal({ code: SqlState.ProtocolViolation, message: `pg-readonly-proxy: ${what}` }, 'protocol_violation');
+          const what =
+            r.reason === 'length_too_large'
+              ? `message length ${r.length} exceeds the limit`
+              : `invalid message length ${r.length}`;
+          this.fatal(
+            { code: SqlState.ProtocolViolation, message: `pg-readonly-proxy: ${what}` },
+            'protocol_violation',
+          );
           break;
         }
         if (this.phase === 'startup') this.onStartupPacket(r.msg);
@@ -160,7 +169,10 @@ export class Session {
         this.fatal({ code: SqlState.ProtocolViolation, message: err.message }, 'protocol_violation');
       } else {
         this.log.error({ err }, 'internal error handling client message');
-        this.fatal({ code: SqlState.InternalError, message: 'pg-readonly-proxy: internal error' }, 'internal_error');
+        this.fatal(
+          { code: SqlState.InternalError, message: 'pg-readonly-proxy: internal error' },
+          'internal_error',
+        );
       }
     } finally {
       up?.uncork();
@@ -174,7 +186,10 @@ export class Session {
       case 'gssenc':
         // TLS and GSS encryption are not offered (yet): answer 'N', the client goes on in plaintext.
         if (++this.negotiations > 2) {
-          this.fatal({ code: SqlState.ProtocolViolation, message: 'too many encryption negotiation requests' }, 'protocol_violation');
+          this.fatal(
+            { code: SqlState.ProtocolViolation, message: 'too many encryption negotiation requests' },
+            'protocol_violation',
+          );
           return;
         }
         this.client.write(Buffer.from('N'));
@@ -203,7 +218,12 @@ export class Session {
     if (!result.ok) {
       const r = result.refusal;
       this.log.warn(
-        { event: 'security', kind: r.event, user: packet.params.get('user'), database: packet.params.get('database') },
+        {
+          event: 'security',
+          kind: r.event,
+          user: packet.params.get('user'),
+          database: packet.params.get('database'),
+        },
         `startup packet refused: ${r.message}`,
       );
       this.fatal({ code: r.sqlstate, message: r.message, detail: r.detail, hint: r.hint }, r.event);
@@ -228,7 +248,10 @@ export class Session {
       if (code === FrontendCode.AuthResponse) return this.toUpstream(msg);
       if (code === FrontendCode.Terminate) return this.close('client terminated');
       return this.fatal(
-        { code: SqlState.ProtocolViolation, message: `expected an authentication response, got message type "${String.fromCharCode(code)}"` },
+        {
+          code: SqlState.ProtocolViolation,
+          message: `expected an authentication response, got message type "${String.fromCharCode(code)}"`,
+        },
         'protocol_violation',
       );
     }
@@ -254,7 +277,10 @@ export class Session {
       case FrontendCode.CopyDone:
       case FrontendCode.CopyFail:
         return this.fatal(
-          { code: SqlState.ProtocolViolation, message: 'pg-readonly-proxy: COPY data received while not in COPY FROM STDIN' },
+          {
+            code: SqlState.ProtocolViolation,
+            message: 'pg-readonly-proxy: COPY data received while not in COPY FROM STDIN',
+          },
           'protocol_violation',
         );
       default:
@@ -367,7 +393,13 @@ export class Session {
       pieces = this.scanner!.scan(chunk);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'malformed upstream stream');
-      this.fatal({ code: SqlState.ProtocolViolation, message: 'pg-readonly-proxy: invalid message from the upstream server' }, 'upstream_protocol');
+      this.fatal(
+        {
+          code: SqlState.ProtocolViolation,
+          message: 'pg-readonly-proxy: invalid message from the upstream server',
+        },
+        'upstream_protocol',
+      );
       return;
     }
     const c = this.client;
@@ -402,9 +434,18 @@ export class Session {
         this.proxyKey = this.ctx.cancels.issue(this);
         return encodeBackendKeyData(this.proxyKey);
       case BackendCode.Authentication: {
-        if (this.phase !== 'authenticating') return this.upstreamViolation('authentication request after login');
+        if (this.phase !== 'authenticating')
+          return this.upstreamViolation('authentication request after login');
         if (decodeAuthenticationCode(msg) === AuthCode.Ok) {
-          this.log.info({ event: 'authenticated', user: this.user, database: this.database, application_name: this.applicationName }, 'authenticated');
+          this.log.info(
+            {
+              event: 'authenticated',
+              user: this.user,
+              database: this.database,
+              application_name: this.applicationName,
+            },
+            'authenticated',
+          );
         }
         return undefined;
       }
@@ -438,7 +479,10 @@ export class Session {
 
   private becomeReady(msg: Buffer): Buffer {
     this.phase = 'ready';
-    this.log.info({ event: 'session_ready', server_version: this.serverVersionNum }, 'session ready, read-only pinned');
+    this.log.info(
+      { event: 'session_ready', server_version: this.serverVersionNum },
+      'session ready, read-only pinned',
+    );
     setImmediate(() => this.pump());
     return msg;
   }
@@ -455,7 +499,9 @@ export class Session {
     } else if (code === BackendCode.ReadyForQuery) {
       this.interesting.set(READY_CODES);
       if (this.verifyValue !== 'on') {
-        return this.pinViolation(`default_transaction_read_only is "${this.verifyValue ?? 'unknown'}" upstream`);
+        return this.pinViolation(
+          `default_transaction_read_only is "${this.verifyValue ?? 'unknown'}" upstream`,
+        );
       }
       this.readOnlyConfirmed = true;
       return this.becomeReady(msg);
@@ -518,7 +564,10 @@ export class Session {
 
   /** The upstream session stopped being read-only: end it at once. */
   private pinViolation(why: string): Verdict {
-    this.log.error({ event: 'security', kind: 'pin_violation', why, user: this.user, database: this.database }, `read-only pin violated: ${why}`);
+    this.log.error(
+      { event: 'security', kind: 'pin_violation', why, user: this.user, database: this.database },
+      `read-only pin violated: ${why}`,
+    );
     this.scanner?.halt();
     const error = encodeErrorResponse({
       severity: 'FATAL',
@@ -534,7 +583,11 @@ export class Session {
     this.log.error({ event: 'upstream_protocol', why }, 'unexpected upstream message');
     this.scanner?.halt();
     this.closeAfterWrite = 'upstream protocol violation';
-    return encodeErrorResponse({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: `pg-readonly-proxy: ${why}` });
+    return encodeErrorResponse({
+      severity: 'FATAL',
+      code: SqlState.ProtocolViolation,
+      message: `pg-readonly-proxy: ${why}`,
+    });
   }
 
   /* ------------------------------------------------------------------- lifecycle */
@@ -631,5 +684,7 @@ export function parseServerVersion(v: string): number {
   const m = /^(\d+)(?:\.(\d+))?(?:\.(\d+))?/.exec(v);
   if (!m) return 0;
   const major = Number(m[1]);
-  return major >= 10 ? major * 10000 + Number(m[2] ?? 0) : major * 10000 + Number(m[2] ?? 0) * 100 + Number(m[3] ?? 0);
+  return major >= 10
+    ? major * 10000 + Number(m[2] ?? 0)
+    : major * 10000 + Number(m[2] ?? 0) * 100 + Number(m[3] ?? 0);
 }

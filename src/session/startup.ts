@@ -13,9 +13,6 @@ export const PINNED_SETTINGS: ReadonlyArray<readonly [string, string]> = [
   ['standard_conforming_strings', 'on'],
 ];
 
-/** Keys that are not settings. */
-const CONNECTION_KEYS = new Set(['user', 'database', 'options', 'application_name']);
-
 /** A GUC name as PostgreSQL would look it up: identifiers and dots, nothing else. */
 const SETTING_NAME = /^[a-z_][a-z0-9_$]*(\.[a-z_][a-z0-9_$]*)*$/;
 
@@ -44,7 +41,8 @@ export interface SanitisedStartup {
 export function splitOptions(options: string): string[] {
   const out: string[] = [];
   let i = 0;
-  const isSpace = (c: string): boolean => c === ' ' || c === '\t' || c === '\n' || c === '\r' || c === '\f' || c === '\v';
+  const isSpace = (c: string): boolean =>
+    c === ' ' || c === '\t' || c === '\n' || c === '\r' || c === '\f' || c === '\v';
   while (i < options.length) {
     while (i < options.length && isSpace(options[i]!)) i++;
     if (i >= options.length) break;
@@ -92,7 +90,12 @@ function literal(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
-function judgeSetting(policy: Policy, rawName: string, value: string, origin: string): StartupRefusal | undefined {
+function judgeSetting(
+  policy: Policy,
+  rawName: string,
+  value: string,
+  origin: string,
+): StartupRefusal | undefined {
   const name = rawName.toLowerCase();
   if (!SETTING_NAME.test(name) || value.includes('\0')) {
     return {
@@ -177,8 +180,21 @@ export function sanitiseStartup(
   // The accepted option settings are forwarded, rebuilt from what was parsed so
   // the server reads exactly what the proxy judged; pinned ones are left out and
   // come last as their own keys, which PostgreSQL applies after options.
-  if (optionSettings.length > 0) upstreamParams.push(['options', optionSettings.map(([n, v]) => `-c ${escapeOption(`${n}=${v}`)}`).join(' ')]);
+  if (optionSettings.length > 0)
+    upstreamParams.push([
+      'options',
+      optionSettings.map(([n, v]) => `-c ${escapeOption(`${n}=${v}`)}`).join(' '),
+    ]);
   for (const [k, v] of PINNED_SETTINGS) upstreamParams.push([k, v]);
+  // Limits the operator pins (statement_timeout, ...) are set unless the client
+  // asked for a value the policy accepted (one at or below the limit).
+  const clientSet = new Set([
+    ...optionSettings.map(([n]) => n),
+    ...upstreamParams.map(([n]) => n.toLowerCase()),
+  ]);
+  for (const [name, limit] of Object.entries(policy.options.settingLimits)) {
+    if (limit > 0 && !clientSet.has(name)) upstreamParams.push([name, String(limit)]);
+  }
   return { ok: true, startup: { user, database, upstreamParams, unsupportedProtocolOptions } };
 }
 

