@@ -117,10 +117,20 @@ export function parseUpstreamUrl(s: string, what: string): UpstreamTarget {
   if (url.pathname !== '' && url.pathname !== '/') {
     throw new ConfigError(`${what}: the database comes from each client; remove "${url.pathname}"`);
   }
+  for (const key of url.searchParams.keys()) {
+    if (key !== 'host') throw new ConfigError(`${what}: unsupported parameter "${key}" in "${s}"`);
+  }
   const hostParam = url.searchParams.get('host');
   const host = hostParam ?? decodeURIComponent(url.hostname.replace(/^\[|\]$/g, ''));
   if (!host) throw new ConfigError(`${what}: no host in "${s}"`);
-  return { host, port: url.port ? Number(url.port) : 5432 };
+  return { host, port: url.port ? checkPort(url.port, what) : 5432 };
+}
+
+function checkPort(value: string, what: string): number {
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || port < 1 || port > 65535)
+    throw new ConfigError(`${what}: not a port number: "${value}"`);
+  return port;
 }
 
 export interface CliOverrides {
@@ -138,15 +148,9 @@ export function resolveConfig(
   if (raw.upstream?.host)
     upstream = { host: raw.upstream.host, port: raw.upstream.port ?? upstream?.port ?? 5432 };
   else if (upstream && raw.upstream?.port) upstream.port = raw.upstream.port;
-  if (env.PGHOST) {
-    const envPort = env.PGPORT ? Number(env.PGPORT) : 5432;
-    if (!Number.isInteger(envPort) || envPort < 1 || envPort > 65535) {
-      throw new ConfigError(`PGPORT: not a port number: "${env.PGPORT}"`);
-    }
-    upstream = { host: env.PGHOST, port: envPort };
-  } else if (env.PGPORT && upstream && !raw.upstream?.port) {
-    upstream.port = Number(env.PGPORT);
-  }
+  // libpq's environment overrides the file: PGHOST names the server, PGPORT its port.
+  if (env.PGHOST) upstream = { host: env.PGHOST, port: 5432 };
+  if (env.PGPORT && upstream) upstream.port = checkPort(env.PGPORT, 'PGPORT');
   if (overrides.upstream) upstream = parseUpstreamUrl(overrides.upstream, '--upstream');
 
   const listen = parseHostPort(

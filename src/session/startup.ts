@@ -47,9 +47,15 @@ export function splitOptions(options: string): string[] {
     while (i < options.length && isSpace(options[i]!)) i++;
     if (i >= options.length) break;
     let arg = '';
-    while (i < options.length && !isSpace(options[i]!)) {
-      if (options[i] === '\\' && i + 1 < options.length) i++;
-      arg += options[i++];
+    let escaped = false;
+    for (; i < options.length; i++) {
+      const c = options[i]!;
+      if (isSpace(c) && !escaped) break;
+      if (!escaped && c === '\\') escaped = true;
+      else {
+        escaped = false;
+        arg += c;
+      }
     }
     out.push(arg);
   }
