@@ -77,7 +77,6 @@ const ALL_CODES = codeSet(Array.from({ length: 256 }, (_, i) => i));
 const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
 
 interface PendingRefusal {
-  marker: string;
   refusal: Refusal;
   /** The sync point (Query, Sync or FunctionCall) whose ReadyForQuery ends it. */
   segment: number;
@@ -110,7 +109,14 @@ export class Session {
   /** Sync points sent upstream and ReadyForQuery messages received back. */
   private segmentsSent = 0;
   private segmentsDone = 0;
-  private pending: PendingRefusal[] = [];
+  /**
+   * Refusals whose substitute error has not come back yet, by marker nonce, in
+   * the order sent. At most one per sync point: after the first error the server
+   * skips to Sync, so later substitutes in the same segment never answer. The
+   * map is bounded by what the sockets' backpressure lets be in flight.
+   */
+  private readonly pending = new Map<string, PendingRefusal>();
+  private lastPendingSegment = 0;
 
   private statements = 0;
   private refused = 0;
@@ -333,9 +339,11 @@ export class Session {
 
   private recordRefusal(refusal: Refusal, segment: number, via: string): string {
     this.refused++;
-    const marker = `pg-readonly-proxy refused statement ${randomBytes(8).toString('hex')}`;
-    if (this.pending.length >= 1024) this.pending.shift();
-    this.pending.push({ marker, refusal, segment });
+    const nonce = randomBytes(8).toString('hex');
+    if (segment !== this.lastPendingSegment) {
+      this.pending.set(nonce, { refusal, segment });
+      this.lastPendingSegment = segment;
+    }
     this.log.warn(
       {
         event: 'statement_refused',
@@ -349,7 +357,7 @@ export class Session {
       },
       refusal.message,
     );
-    return marker;
+    return `${MARKER_PREFIX}${nonce}`;
   }
 
   /* ---------------------------------------------------------------- upstream side */
@@ -473,7 +481,10 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
-    if (this.pending.length > 0) this.pending = this.pending.filter((p) => p.segment > this.segmentsDone);
+    for (const [nonce, p] of this.pending) {
+      if (p.segment > this.segmentsDone) break;
+      this.pending.delete(nonce);
+    }
     return undefined;
   }
 
@@ -545,12 +556,15 @@ export class Session {
   }
 
   private onUpstreamError(msg: Buffer): Verdict {
-    if (this.pending.length === 0) return undefined;
+    if (this.pending.size === 0) return undefined;
     const message = decodeErrorFields(msg).get('M') ?? '';
-    const i = this.pending.findIndex((p) => message.includes(p.marker));
-    if (i < 0) return undefined;
-    const { refusal } = this.pending[i]!;
-    this.pending.splice(i, 1);
+    const at = message.indexOf(MARKER_PREFIX);
+    if (at < 0) return undefined;
+    const nonce = message.slice(at + MARKER_PREFIX.length, at + MARKER_PREFIX.length + 16);
+    const entry = this.pending.get(nonce);
+    if (!entry) return undefined;
+    this.pending.delete(nonce);
+    const { refusal } = entry;
     return encodeErrorResponse({
       severity: 'ERROR',
       code: refusal.sqlstate,
@@ -670,6 +684,8 @@ export class Session {
     this.ctx.onClose(this);
   }
 }
+
+const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
 
 /**
  * A statement that fails in PostgreSQL's parse analysis, before anything runs,
