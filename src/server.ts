@@ -40,7 +40,7 @@ export class ProxyServer {
 
   private accept(socket: Socket): void {
     if (this.closing) {
-      socket.end(refuseMessage(SqlState.CannotConnectNow, 'the proxy is shutting down'));
+      refuse(socket, SqlState.CannotConnectNow, 'the proxy is shutting down');
       return;
     }
     if (this.sessions.size >= this.opts.config.maxClientConnections) {
@@ -48,8 +48,7 @@ export class ProxyServer {
         { event: 'connection_limit', limit: this.opts.config.maxClientConnections },
         'too many connections',
       );
-      socket.on('error', () => undefined);
-      socket.end(refuseMessage(SqlState.TooManyConnections, 'sorry, too many clients already'));
+      refuse(socket, SqlState.TooManyConnections, 'sorry, too many clients already');
       return;
     }
     this.sessions.add(new Session(socket, this.ctx));
@@ -90,6 +89,15 @@ export class ProxyServer {
   }
 }
 
-function refuseMessage(code: string, message: string): Buffer {
-  return encodeErrorResponse({ severity: 'FATAL', code, message });
+/**
+ * Sends a FATAL error and closes. What the client sends is read and dropped (so
+ * closing does not reset the connection before the error arrives), and the
+ * socket is destroyed after a second even if the client never closes its side:
+ * a refused socket must not keep server.close() (and so shutdown) waiting.
+ */
+function refuse(socket: Socket, code: string, message: string): void {
+  socket.on('error', () => undefined);
+  socket.resume();
+  socket.end(encodeErrorResponse({ severity: 'FATAL', code, message }));
+  setTimeout(() => socket.destroy(), 1000).unref();
 }

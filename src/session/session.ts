@@ -203,9 +203,8 @@ export class Session {
       case 'cancel': {
         const outcome = this.ctx.cancels.cancel(packet.processId, packet.secretKey);
         this.log.info({ event: 'cancel_request', outcome }, 'cancel request');
-        this.phase = 'closed';
-        this.closeReason = 'cancel request';
-        this.client.end();
+        // close(), not just end(): the server must forget this session too.
+        this.close('cancel request');
         return;
       }
       case 'unknown':
