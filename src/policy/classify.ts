@@ -81,7 +81,23 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
         result.refusal = refusalOf(check.finding, check.kind, text);
         first ??= result.refusal;
       }
+      if (endsTransaction(s.stmt)) result.endsTransaction = true;
       statements.push(result);
+    }
+    const boundary = statements.findIndex((r, i) => r.endsTransaction && i < statements.length - 1);
+    if (!first && boundary >= 0) {
+      // The server reports a setting changed in a transaction (say by a function
+      // that turned default_transaction_read_only off) only at ReadyForQuery, at
+      // the end of the whole string: statements after a COMMIT in the same string
+      // would run in a new transaction before the proxy could see the report.
+      const after = statements[boundary + 1]!;
+      first = after.refusal = {
+        code: ReasonCode.TransactionBoundary,
+        sqlstate: '25006',
+        kind: after.kind,
+        message: `pg-readonly-proxy: ${after.kind} after ${statements[boundary]!.kind} in the same query string is not allowed: it would run in a new transaction before the proxy can check the one that ended`,
+        hint: 'Send the statements that follow COMMIT as a separate query.',
+      };
     }
     return first ? { allowed: false, refusal: first, statements } : { allowed: true, statements };
   } catch (e) {
@@ -98,4 +114,10 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
 function refusalOf(f: Finding, kind: string, text: QueryText | undefined): Refusal {
   const position = f.offset !== undefined && text ? text.position(f.offset) : undefined;
   return toRefusal(f, kind, position);
+}
+
+/** COMMIT / END without AND CHAIN: the next statement starts a new transaction. */
+export function endsTransaction(stmt: unknown): boolean {
+  const t = (stmt as { TransactionStmt?: { kind?: string; chain?: boolean } }).TransactionStmt;
+  return t !== undefined && t.kind === 'TRANS_STMT_COMMIT' && t.chain !== true;
 }

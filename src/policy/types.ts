@@ -31,6 +31,8 @@ export const ReasonCode = {
   Unknown: 'unknown_statement',
   /** The parser could not read the SQL. */
   SyntaxError: 'syntax_error',
+  /** A statement after COMMIT in the same query string (see classify.ts). */
+  TransactionBoundary: 'transaction_boundary',
   /** NOTIFY, pg_notify(): reaches other sessions. */
   Notify: 'notify',
   /** The policy itself failed (parser not loaded, unexpected input): refused, never allowed by accident. */
@@ -73,6 +75,8 @@ export interface StatementResult {
   text: string;
   /** Undefined when the statement is allowed. */
   refusal?: Refusal;
+  /** COMMIT or END without AND CHAIN: what follows runs in a new transaction. */
+  endsTransaction?: boolean;
 }
 
 export interface Decision {

@@ -32,10 +32,13 @@ import {
   type ErrorFields,
 } from '../protocol/backend-messages.js';
 import {
+  decodeBindTarget,
+  decodeExecute,
   decodeParse,
   decodeQuery,
   decodeStartupPacket,
   encodeCancelRequest,
+  encodeExecute,
   encodeParse,
   encodeQuery,
   encodeStartupMessage,
@@ -108,6 +111,15 @@ export class Session {
 
   /** Sync points sent upstream and ReadyForQuery messages received back. */
   private segmentsSent = 0;
+  /** The client is held at the barrier until the next ReadyForQuery. */
+  private awaitingReady = false;
+  /** Messages since the last Sync belong to one extended-query batch. */
+  private inBatch = false;
+  /** A COMMIT / END was executed in this batch: anything executed after it is refused. */
+  private batchCommitted = false;
+  /** Prepared statements and portals that are a COMMIT / END without AND CHAIN. */
+  private readonly commitStatements = new Set<string>();
+  private readonly commitPortals = new Set<string>();
   private segmentsDone = 0;
   /**
    * Refusals whose substitute error has not come back yet, by marker nonce, in
@@ -154,6 +166,14 @@ export class Session {
     up?.cork();
     try {
       while (this.phase === 'startup' || this.phase === 'authenticating' || this.phase === 'ready') {
+        if (this.phase === 'ready' && this.segmentsSent > this.segmentsDone) {
+          // The barrier: nothing of the next transaction goes upstream before the
+          // server's ReadyForQuery for the last sync point, and with it any report
+          // that default_transaction_read_only changed, has been checked.
+          this.awaitingReady = true;
+          this.updateClientFlow();
+          break;
+        }
         const r = this.framer.next();
         if (r.kind === 'incomplete') break;
         if (r.kind === 'error') {
@@ -262,20 +282,40 @@ export class Session {
     }
     switch (code) {
       case FrontendCode.Query:
-        return this.onQuery(msg);
+      case FrontendCode.FunctionCall:
+        if (this.inBatch) {
+          // Whether the server answers it depends on an error state inside the
+          // batch that the proxy cannot see; real drivers send Sync first.
+          return this.fatal(
+            {
+              code: SqlState.ProtocolViolation,
+              message:
+                'pg-readonly-proxy: a simple query or function call inside an extended-query batch; send Sync first',
+            },
+            'protocol_violation',
+          );
+        }
+        return code === FrontendCode.Query ? this.onQuery(msg) : this.onFunctionCall();
       case FrontendCode.Parse:
+        this.inBatch = true;
         return this.onParse(msg);
       case FrontendCode.Sync:
         this.segmentsSent++;
+        this.inBatch = false;
+        this.batchCommitted = false;
         return this.toUpstream(msg);
       case FrontendCode.Bind:
+        this.inBatch = true;
+        return this.onBind(msg);
       case FrontendCode.Execute:
+        this.inBatch = true;
+        return this.onExecute(msg);
       case FrontendCode.Describe:
       case FrontendCode.Close:
+        this.inBatch = true;
+        return this.toUpstream(msg);
       case FrontendCode.Flush:
         return this.toUpstream(msg);
-      case FrontendCode.FunctionCall:
-        return this.onFunctionCall();
       case FrontendCode.Terminate:
         return this.close('client terminated');
       case FrontendCode.CopyData:
@@ -314,9 +354,47 @@ export class Session {
     const parse = decodeParse(msg);
     this.statements++;
     const decision = this.ctx.policy.classify(this.decodeText(parse.query));
+    if (decision.statements.length === 1 && decision.statements[0]!.endsTransaction)
+      this.commitStatements.add(parse.name);
+    else this.commitStatements.delete(parse.name);
     if (decision.allowed) return this.toUpstream(msg);
     const marker = this.recordRefusal(decision.refusal!, this.segmentsSent + 1, 'Parse');
     this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
+  }
+
+  private onBind(msg: Buffer): void {
+    const { portal, statement } = decodeBindTarget(msg);
+    if (this.commitStatements.has(statement)) this.commitPortals.add(portal);
+    else this.commitPortals.delete(portal);
+    this.toUpstream(msg);
+  }
+
+  /**
+   * After a COMMIT in a batch the server starts a new transaction for the next
+   * Execute, but reports a changed default_transaction_read_only only at Sync:
+   * so nothing is executed after a COMMIT before the batch's Sync.
+   */
+  private onExecute(msg: Buffer): void {
+    const { portal, maxRows } = decodeExecute(msg);
+    if (this.batchCommitted) {
+      this.statements++;
+      const marker = this.recordRefusal(
+        {
+          code: 'transaction_boundary',
+          sqlstate: SqlState.ReadOnlySqlTransaction,
+          kind: 'EXECUTE',
+          message:
+            'pg-readonly-proxy: executing a statement after COMMIT in the same batch is not allowed: it would run in a new transaction before the proxy can check the one that ended',
+          hint: 'Send Sync after COMMIT before executing more statements.',
+        },
+        this.segmentsSent + 1,
+        'Execute',
+      );
+      // A portal that cannot exist: the server fails it, naming the marker.
+      return this.toUpstream(encodeExecute(marker, maxRows));
+    }
+    if (this.commitPortals.has(portal)) this.batchCommitted = true;
+    this.toUpstream(msg);
   }
 
   private onFunctionCall(): void {
@@ -389,7 +467,7 @@ export class Session {
     socket.on('close', () => this.close('upstream closed'));
     this.phase = 'authenticating';
     socket.write(encodeStartupMessage(params));
-    this.client.resume();
+    this.updateClientFlow();
     this.pump();
   }
 
@@ -480,6 +558,14 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
+    if (this.awaitingReady && this.segmentsDone >= this.segmentsSent) {
+      this.awaitingReady = false;
+      // After this ReadyForQuery (and any ParameterStatus before it) is handled.
+      process.nextTick(() => {
+        this.updateClientFlow();
+        this.pump();
+      });
+    }
     for (const [nonce, p] of this.pending) {
       if (p.segment > this.segmentsDone) break;
       this.pending.delete(nonce);
@@ -621,10 +707,18 @@ export class Session {
   private toUpstream(msg: Buffer): void {
     const up = this.upstream;
     if (!up || up.destroyed) return;
-    if (!up.write(msg) && !this.client.isPaused()) {
-      this.client.pause();
-      up.once('drain', () => this.client.resume());
+    if (!up.write(msg)) {
+      this.updateClientFlow();
+      up.once('drain', () => this.updateClientFlow());
     }
+  }
+
+  /** The client is read only while the upstream can take more and no barrier holds it. */
+  private updateClientFlow(): void {
+    const hold =
+      this.awaitingReady || (this.upstream?.writableNeedDrain ?? false) || this.phase === 'connecting';
+    if (hold && !this.client.isPaused()) this.client.pause();
+    else if (!hold && this.client.isPaused() && this.phase !== 'closed') this.client.resume();
   }
 
   /** Sends a FATAL error to the client, then closes both sides. */

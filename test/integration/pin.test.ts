@@ -14,7 +14,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { direct, eventually, startProxy, type RunningProxy } from '../helpers/harness.js';
+import { direct, eventually, startProxy, testServer, type RunningProxy } from '../helpers/harness.js';
+import { errorFields, fe, label, WireClient } from '../helpers/wire.js';
 
 let proxy: RunningProxy;
 let d: pg.Client;
@@ -137,27 +138,90 @@ test('a function that writes (invisible to the proxy) is stopped by the server-s
 });
 
 /*
- * FINDING (reported): ParameterStatus is only sent before ReadyForQuery, so a
- * flip followed by COMMIT and a write in the same query string (or the same
- * extended-protocol pipeline before Sync) runs the write in a new, read-write
- * transaction before the proxy hears about the flip. The policy allows each
- * statement (pin_flip and pin_write are user functions the proxy cannot see
- * into). These tests state the guarantee; they are marked todo until fixed.
+ * ParameterStatus is sent only just before ReadyForQuery. So a function that
+ * turns default_transaction_read_only off, followed by anything the server runs
+ * in a new transaction before that ReadyForQuery reaches the proxy, would write.
+ * Three routes, each closed: COMMIT inside one query string (refused by the
+ * policy), a second query pipelined behind the first (held at the proxy's
+ * barrier until the first one's ReadyForQuery was checked), and Execute after
+ * COMMIT inside one extended-query batch (refused).
  */
-test(
-  'flip; COMMIT; write in one query string writes nothing',
-  { todo: 'FINDING: the write runs before the ParameterStatus arrives' },
-  async () => {
-    const before = await rowCount();
-    const c = await proxy.client();
-    c.on('error', () => undefined);
-    try {
-      await c.query('SELECT pin_flip(); COMMIT; SELECT pin_write()');
-    } catch {
-      // Either outcome is fine for the client; what matters is the table.
-    } finally {
-      await c.end().catch(() => undefined);
-    }
-    assert.equal(await rowCount(), before, 'a row was written through the proxy');
-  },
-);
+test('regression: flip; COMMIT; write in one query string is refused and writes nothing', async () => {
+  const before = await rowCount();
+  const c = await proxy.client();
+  try {
+    await assert.rejects(
+      c.query('SELECT pin_flip(); COMMIT; SELECT pin_write()'),
+      (err: pg.DatabaseError) => {
+        assert.equal(err.code, '25006');
+        assert.match(err.message, /after COMMIT in the same query string/);
+        return true;
+      },
+    );
+    assert.equal(
+      (await c.query('SHOW default_transaction_read_only')).rows[0].default_transaction_read_only,
+      'on',
+    );
+  } finally {
+    await c.end();
+  }
+  assert.equal(await rowCount(), before, 'a row was written through the proxy');
+});
+
+test('regression: a write pipelined behind a flip in a separate query is never sent', async () => {
+  const before = await rowCount();
+  const s = testServer();
+  const c = await WireClient.connect({
+    host: proxy.host,
+    port: proxy.port,
+    user: s.user,
+    password: s.password,
+  });
+  try {
+    // Both queries in one write, without waiting for the first ReadyForQuery.
+    c.write(fe.query('SELECT pin_flip()'), fe.query('SELECT pin_write()'));
+    const seen = (await c.untilClosed()).map(label);
+    const fatal = seen.find((l) => l.startsWith('ErrorResponse'));
+    assert.equal(fatal, 'ErrorResponse 25006', seen.join(', '));
+    assert.ok(
+      !seen.includes('CommandComplete SELECT 1') ||
+        seen.indexOf('CommandComplete SELECT 1') === seen.lastIndexOf('CommandComplete SELECT 1'),
+    );
+  } finally {
+    c.destroy();
+  }
+  assert.equal(await rowCount(), before, 'a row was written through the proxy');
+});
+
+test('regression: Execute after COMMIT in one extended-query batch is refused and writes nothing', async () => {
+  const before = await rowCount();
+  const s = testServer();
+  const c = await WireClient.connect({
+    host: proxy.host,
+    port: proxy.port,
+    user: s.user,
+    password: s.password,
+  });
+  try {
+    c.write(
+      fe.parse('', 'SELECT pin_flip()'),
+      fe.bind('', ''),
+      fe.execute(''),
+      fe.parse('c', 'COMMIT'),
+      fe.bind('', 'c'),
+      fe.execute(''),
+      fe.parse('', 'SELECT pin_write()'),
+      fe.bind('', ''),
+      fe.execute(''),
+      fe.sync(),
+    );
+    const seen = await c.untilClosed();
+    const labels = seen.map(label);
+    const refusal = seen.find((m) => label(m) === 'ErrorResponse 25006');
+    assert.ok(refusal, labels.join(', '));
+    assert.match(errorFields(refusal).M ?? '', /after COMMIT in the same batch/);
+  } finally {
+    c.destroy();
+  }
+  assert.equal(await rowCount(), before, 'a row was written through the proxy');
+});

@@ -16,6 +16,7 @@ const SQLSTATE_OF: Record<string, string> = {
   [ReasonCode.Procedural]: PolicySqlState.ReadOnlySqlTransaction,
   [ReasonCode.TwoPhase]: PolicySqlState.ReadOnlySqlTransaction,
   [ReasonCode.Notify]: PolicySqlState.ReadOnlySqlTransaction,
+  [ReasonCode.TransactionBoundary]: PolicySqlState.ReadOnlySqlTransaction,
   [ReasonCode.ProtectedSetting]: PolicySqlState.InsufficientPrivilege,
   [ReasonCode.ForbiddenFunction]: PolicySqlState.InsufficientPrivilege,
   [ReasonCode.RoleChange]: PolicySqlState.InsufficientPrivilege,
