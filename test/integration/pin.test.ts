@@ -146,6 +146,11 @@ test('a function that writes (invisible to the proxy) is stopped by the server-s
  * barrier until the first one's ReadyForQuery was checked), and Execute after
  * COMMIT inside one extended-query batch (refused).
  */
+async function wireToProxy(): Promise<WireClient> {
+  const s = testServer();
+  return WireClient.connect({ host: proxy.host, port: proxy.port, user: s.user, password: s.password });
+}
+
 test('regression: flip; COMMIT; write in one query string is refused and writes nothing', async () => {
   const before = await rowCount();
   const c = await proxy.client();
@@ -170,13 +175,7 @@ test('regression: flip; COMMIT; write in one query string is refused and writes 
 
 test('regression: a write pipelined behind a flip in a separate query is never sent', async () => {
   const before = await rowCount();
-  const s = testServer();
-  const c = await WireClient.connect({
-    host: proxy.host,
-    port: proxy.port,
-    user: s.user,
-    password: s.password,
-  });
+  const c = await wireToProxy();
   try {
     // Both queries in one write, without waiting for the first ReadyForQuery.
     c.write(fe.query('SELECT pin_flip()'), fe.query('SELECT pin_write()'));
@@ -195,13 +194,7 @@ test('regression: a write pipelined behind a flip in a separate query is never s
 
 test('regression: Execute after COMMIT in one extended-query batch is refused and writes nothing', async () => {
   const before = await rowCount();
-  const s = testServer();
-  const c = await WireClient.connect({
-    host: proxy.host,
-    port: proxy.port,
-    user: s.user,
-    password: s.password,
-  });
+  const c = await wireToProxy();
   try {
     c.write(
       fe.parse('', 'SELECT pin_flip()'),
