@@ -32,6 +32,7 @@ try {
         TEST_PG_PORT: String(pg.port),
         TEST_PG_USER: pg.superuser.user,
         TEST_PG_PASSWORD: pg.superuser.password,
+        TEST_PG_DATA: path.join(dir, 'data'),
       },
     });
     child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
