@@ -22,6 +22,8 @@ export interface ProxyConfig {
   upstreamConnectTimeoutMs: number;
   maxClientConnections: number;
   maxMessageBytes: number;
+  /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
+  startupTimeoutMs: number;
   shutdownGraceMs: number;
   logLevel: string;
   policy: Partial<PolicyOptions>;
@@ -39,7 +41,7 @@ export class ConfigError extends Error {
 type RawConfig = {
   listen?: string;
   upstream?: { url?: string; host?: string; port?: number; connect_timeout_ms?: number };
-  limits?: { max_client_connections?: number; max_message_bytes?: number };
+  limits?: { max_client_connections?: number; max_message_bytes?: number; startup_timeout_ms?: number };
   shutdown_grace_ms?: number;
   log?: { level?: string };
   policy?: {
@@ -174,6 +176,7 @@ export function resolveConfig(
     upstreamConnectTimeoutMs: raw.upstream?.connect_timeout_ms ?? 10000,
     maxClientConnections: raw.limits?.max_client_connections ?? 1000,
     maxMessageBytes: raw.limits?.max_message_bytes ?? 64 * 1024 * 1024,
+    startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
     shutdownGraceMs: raw.shutdown_grace_ms ?? 30000,
     logLevel: raw.log?.level ?? 'info',
     policy,

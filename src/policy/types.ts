@@ -33,6 +33,11 @@ export const ReasonCode = {
   SyntaxError: 'syntax_error',
   /** A statement after COMMIT in the same query string (see classify.ts). */
   TransactionBoundary: 'transaction_boundary',
+  /**
+   * Given by the session, not by classify(): a statement whose text could read
+   * differently after a setting changed earlier in the same extended-query batch.
+   */
+  BatchBoundary: 'batch_boundary',
   /** NOTIFY, pg_notify(): reaches other sessions. */
   Notify: 'notify',
   /** The policy itself failed (parser not loaded, unexpected input): refused, never allowed by accident. */

@@ -91,14 +91,6 @@ export function decodeParse(msg: Buffer): ParseMessage {
   return { name, query, paramTypes };
 }
 
-/** The portal and statement names at the start of a Bind message (the rest is forwarded as is). */
-export function decodeBindTarget(msg: Buffer): { portal: string; statement: string } {
-  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
-  const portal = r.cstring();
-  const statement = r.cstring();
-  return { portal, statement };
-}
-
 export function decodeExecute(msg: Buffer): { portal: string; maxRows: number } {
   const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
   const portal = r.cstring();
@@ -109,6 +101,10 @@ export function decodeExecute(msg: Buffer): { portal: string; maxRows: number } 
 
 export const encodeExecute = (portal: string, rows: number): Buffer =>
   Buffer.from(serialize.execute({ portal, rows }));
+/** A Bind of the named statement into the unnamed portal, with no parameters. */
+export const encodeBind = (statement: string): Buffer =>
+  Buffer.from(serialize.bind({ statement, values: [] }));
+export const encodeFlush = (): Buffer => Buffer.from(serialize.flush());
 export const encodeQuery = (text: string): Buffer => Buffer.from(serialize.query(text));
 export const encodeParse = (name: string, text: string): Buffer =>
   Buffer.from(serialize.parse({ name, text, types: [] }));

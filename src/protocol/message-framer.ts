@@ -19,7 +19,7 @@ export class MessageFramer {
   private untyped: boolean;
 
   constructor(
-    private readonly maxLength: number,
+    private maxLength: number,
     opts: { untypedFirst?: boolean } = {},
   ) {
     this.untyped = opts.untypedFirst ?? false;
@@ -28,6 +28,11 @@ export class MessageFramer {
   /** After the startup packet (or an SSL answer), messages carry a type byte. */
   expectUntyped(untyped: boolean): void {
     this.untyped = untyped;
+  }
+
+  /** The largest message accepted from now on (PostgreSQL caps messages before login lower). */
+  setMaxLength(n: number): void {
+    this.maxLength = n;
   }
 
   get buffered(): number {

@@ -9,6 +9,7 @@ export const SqlState = {
   ReadOnlySqlTransaction: '25006',
   TooManyConnections: '53300',
   AdminShutdown: '57P01',
+  QueryCanceled: '57014',
   CannotConnectNow: '57P03',
   ProgramLimitExceeded: '54000',
   InternalError: 'XX000',

@@ -32,13 +32,14 @@ import {
   type ErrorFields,
 } from '../protocol/backend-messages.js';
 import {
-  decodeBindTarget,
   decodeExecute,
   decodeParse,
   decodeQuery,
   decodeStartupPacket,
   encodeCancelRequest,
+  encodeBind,
   encodeExecute,
+  encodeFlush,
   encodeParse,
   encodeQuery,
   encodeStartupMessage,
@@ -58,10 +59,23 @@ export interface SessionContext {
   onClose(session: Session): void;
 }
 
-type Phase = 'startup' | 'connecting' | 'authenticating' | 'verifying' | 'ready' | 'closed';
+type Phase = 'startup' | 'connecting' | 'authenticating' | 'ready' | 'closed';
 
-/** Encodings whose multibyte characters may contain ASCII bytes: the proxy would lex them differently. */
-const UNSAFE_CLIENT_ENCODINGS = new Set(['SJIS', 'BIG5', 'GBK', 'UHC', 'GB18030', 'JOHAB']);
+/**
+ * Client encodings (as the server reports them) in which every byte below 0x80 is
+ * the ASCII character it looks like: the proxy lexes them as the server does.
+ * Anything else (SJIS, SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB, or a name
+ * the proxy does not know) ends the session.
+ */
+const SAFE_CLIENT_ENCODING =
+  /^(SQL_ASCII|UTF8|MULE_INTERNAL|LATIN([1-9]|10)|WIN(866|874|125[0-8])|KOI8[RU]|ISO_8859_[5-8]|EUC_(JP|CN|KR|TW|JIS_2004))$/;
+
+/** Bytes whose meaning in SQL text depends on standard_conforming_strings or client_encoding. */
+const SETTING_SENSITIVE_BYTE = /[\\\x80-\xff]/;
+
+/** Size caps before login, as PostgreSQL's own: startup packet and authentication responses. */
+const MAX_STARTUP_PACKET = 10000;
+const MAX_AUTH_MESSAGE = 65535;
 
 /** Upstream messages the session must see while it is ready. */
 const READY_CODES = codeSet([
@@ -73,8 +87,12 @@ const READY_CODES = codeSet([
   BackendCode.CopyInResponse,
   BackendCode.CopyBothResponse,
   BackendCode.NegotiateProtocolVersion,
+  // Each Execute ends in one of these (or an ErrorResponse): counted to learn
+  // when an executed COMMIT has started a new transaction inside a batch.
+  BackendCode.CommandComplete,
+  BackendCode.EmptyQueryResponse,
+  BackendCode.PortalSuspended,
 ]);
-const ALL_CODES = codeSet(Array.from({ length: 256 }, (_, i) => i));
 
 /** The upstream messages an error during inspection can safely carry. */
 const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
@@ -115,11 +133,19 @@ export class Session {
   private awaitingReady = false;
   /** Messages since the last Sync belong to one extended-query batch. */
   private inBatch = false;
-  /** A COMMIT / END was executed in this batch: anything executed after it is refused. */
+  /** An Execute was sent in this batch: settings may have changed since. */
+  private executedInBatch = false;
+  /** The server answered an Execute in this batch with COMMIT: a new transaction began. */
   private batchCommitted = false;
-  /** Prepared statements and portals that are a COMMIT / END without AND CHAIN. */
-  private readonly commitStatements = new Set<string>();
-  private readonly commitPortals = new Set<string>();
+  /** The server reported an error in this batch: it skips everything until Sync. */
+  private batchFailed = false;
+  /** Executes sent whose CommandComplete / EmptyQueryResponse / PortalSuspended is due. */
+  private executesInFlight = 0;
+  /** The session has parsed a COMMIT: each Execute is answered before the next message goes. */
+  private commitParsed = false;
+  /** The client is held until the Execute in flight is answered. */
+  private awaitingExecute = false;
+  private startupTimer: NodeJS.Timeout | undefined;
   private segmentsDone = 0;
   /**
    * Refusals whose substitute error has not come back yet, by marker nonce, in
@@ -144,7 +170,16 @@ export class Session {
       session: this.id,
       client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
     });
-    this.framer = new MessageFramer(ctx.config.maxMessageBytes, { untypedFirst: true });
+    this.framer = new MessageFramer(Math.min(MAX_STARTUP_PACKET, ctx.config.maxMessageBytes), {
+      untypedFirst: true,
+    });
+    this.startupTimer = setTimeout(() => {
+      this.fatal(
+        { code: SqlState.QueryCanceled, message: 'canceling authentication due to timeout' },
+        'startup_timeout',
+      );
+    }, ctx.config.startupTimeoutMs);
+    this.startupTimer.unref();
     client.setNoDelay(true);
     client.on('data', (chunk: Buffer) => {
       this.framer.push(chunk);
@@ -166,6 +201,10 @@ export class Session {
     up?.cork();
     try {
       while (this.phase === 'startup' || this.phase === 'authenticating' || this.phase === 'ready') {
+        if (this.phase === 'ready' && this.awaitingExecute) {
+          this.updateClientFlow();
+          break;
+        }
         if (this.phase === 'ready' && this.segmentsSent > this.segmentsDone) {
           // The barrier: nothing of the next transaction goes upstream before the
           // server's ReadyForQuery for the last sync point, and with it any report
@@ -259,6 +298,7 @@ export class Session {
     this.database = s.database;
     this.applicationName = packet.params.get('application_name') ?? '';
     this.framer.expectUntyped(false);
+    this.framer.setMaxLength(Math.min(MAX_AUTH_MESSAGE, this.ctx.config.maxMessageBytes));
     if (packet.minor > 0 || s.unsupportedProtocolOptions.length > 0) {
       // Sessions run protocol 3.0 end to end: tell the client, as a server would.
       this.client.write(encodeNegotiateProtocolVersion(0, s.unsupportedProtocolOptions));
@@ -302,11 +342,13 @@ export class Session {
       case FrontendCode.Sync:
         this.segmentsSent++;
         this.inBatch = false;
+        this.executedInBatch = false;
         this.batchCommitted = false;
         return this.toUpstream(msg);
       case FrontendCode.Bind:
         this.inBatch = true;
-        return this.onBind(msg);
+        if (this.batchCommitted) return this.refuseAfterCommit('Bind', (m) => encodeBind(m));
+        return this.toUpstream(msg);
       case FrontendCode.Execute:
         this.inBatch = true;
         return this.onExecute(msg);
@@ -352,49 +394,94 @@ export class Session {
 
   private onParse(msg: Buffer): void {
     const parse = decodeParse(msg);
+    if (this.batchCommitted)
+      return this.refuseAfterCommit('Parse', (m) => encodeParse(parse.name, substituteSql(m)));
     this.statements++;
+    if (this.executedInBatch && SETTING_SENSITIVE_BYTE.test(parse.query.toString('latin1'))) {
+      // An Execute earlier in this batch may have changed standard_conforming_strings
+      // or client_encoding, which the server reports only at Sync: the proxy could
+      // read this text differently from the server.
+      const marker = this.recordRefusal(
+        {
+          code: 'batch_boundary',
+          sqlstate: SqlState.FeatureNotSupported,
+          kind: 'PARSE',
+          message:
+            'pg-readonly-proxy: a statement with backslashes or non-ASCII characters after an Execute in the same batch is not allowed: a setting that changes how it is read may have changed',
+          hint: 'Send Sync before parsing this statement.',
+        },
+        this.segmentsSent + 1,
+        'Parse',
+      );
+      return this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
+    }
     const decision = this.ctx.policy.classify(this.decodeText(parse.query));
-    if (decision.statements.length === 1 && decision.statements[0]!.endsTransaction)
-      this.commitStatements.add(parse.name);
-    else this.commitStatements.delete(parse.name);
-    if (decision.allowed) return this.toUpstream(msg);
+    if (decision.allowed) {
+      if (!this.commitParsed && decision.statements.some((st) => st.endsTransaction))
+        this.commitParsed = true;
+      return this.toUpstream(msg);
+    }
     const marker = this.recordRefusal(decision.refusal!, this.segmentsSent + 1, 'Parse');
     this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
   }
 
-  private onBind(msg: Buffer): void {
-    const { portal, statement } = decodeBindTarget(msg);
-    if (this.commitStatements.has(statement)) this.commitPortals.add(portal);
-    else this.commitPortals.delete(portal);
-    this.toUpstream(msg);
+  /**
+   * Once the server has committed inside a batch, what follows would run in a new
+   * transaction before the server reports (at Sync) a read-only setting that a
+   * function turned off: Parse, Bind and Execute are refused until Sync.
+   */
+  private refuseAfterCommit(via: string, substitute: (marker: string) => Buffer): void {
+    this.statements++;
+    const marker = this.recordRefusal(
+      {
+        code: 'transaction_boundary',
+        sqlstate: SqlState.ReadOnlySqlTransaction,
+        kind: via.toUpperCase(),
+        message: `pg-readonly-proxy: ${via} after COMMIT in the same batch is not allowed: it would run in a new transaction before the proxy can check the one that ended`,
+        hint: 'Send Sync after COMMIT before sending more statements.',
+      },
+      this.segmentsSent + 1,
+      via,
+    );
+    this.toUpstream(substitute(marker));
   }
 
-  /**
-   * After a COMMIT in a batch the server starts a new transaction for the next
-   * Execute, but reports a changed default_transaction_read_only only at Sync:
-   * so nothing is executed after a COMMIT before the batch's Sync.
-   */
   private onExecute(msg: Buffer): void {
-    const { portal, maxRows } = decodeExecute(msg);
     if (this.batchCommitted) {
-      this.statements++;
-      const marker = this.recordRefusal(
-        {
-          code: 'transaction_boundary',
-          sqlstate: SqlState.ReadOnlySqlTransaction,
-          kind: 'EXECUTE',
-          message:
-            'pg-readonly-proxy: executing a statement after COMMIT in the same batch is not allowed: it would run in a new transaction before the proxy can check the one that ended',
-          hint: 'Send Sync after COMMIT before executing more statements.',
-        },
-        this.segmentsSent + 1,
-        'Execute',
-      );
+      const { maxRows } = decodeExecute(msg);
       // A portal that cannot exist: the server fails it, naming the marker.
-      return this.toUpstream(encodeExecute(marker, maxRows));
+      return this.refuseAfterCommit('Execute', (m) => encodeExecute(m, maxRows));
     }
-    if (this.commitPortals.has(portal)) this.batchCommitted = true;
+    this.executedInBatch = true;
+    if (this.batchFailed) return this.toUpstream(msg); // skipped by the server: no answer comes
+    this.executesInFlight++;
     this.toUpstream(msg);
+    if (this.commitParsed) {
+      // This Execute may be a COMMIT: have the server answer it now (Flush), and
+      // send nothing more until it has.
+      this.toUpstream(FLUSH);
+      this.awaitingExecute = true;
+    }
+  }
+
+  /** CommandComplete, EmptyQueryResponse, PortalSuspended or an error: an Execute was answered. */
+  private onExecuteAnswered(code: number, msg: Buffer): void {
+    if (code === BackendCode.ErrorResponse) {
+      this.batchFailed = true;
+      this.executesInFlight = 0;
+    } else if (this.executesInFlight > 0) {
+      this.executesInFlight--;
+      if (code === BackendCode.CommandComplete && isCommitTag(msg)) this.batchCommitted = true;
+    } else {
+      return;
+    }
+    if (this.awaitingExecute && this.executesInFlight === 0) {
+      this.awaitingExecute = false;
+      process.nextTick(() => {
+        this.updateClientFlow();
+        this.pump();
+      });
+    }
   }
 
   private onFunctionCall(): void {
@@ -505,14 +592,19 @@ export class Session {
   /** Called by the scanner for each message type in `interesting`. */
   private readonly onUpstreamMessage = (code: number, msg: Buffer): Verdict => {
     if (this.phase === 'closed') return null;
-    if (this.phase === 'verifying') return this.onVerifyMessage(code, msg);
     switch (code) {
       case BackendCode.ReadyForQuery:
         return this.onReadyForQuery(msg);
       case BackendCode.ParameterStatus:
         return this.onParameterStatus(msg);
       case BackendCode.ErrorResponse:
+        if (this.phase === 'ready') this.onExecuteAnswered(code, msg);
         return this.onUpstreamError(msg);
+      case BackendCode.CommandComplete:
+      case BackendCode.EmptyQueryResponse:
+      case BackendCode.PortalSuspended:
+        this.onExecuteAnswered(code, msg);
+        return undefined;
       case BackendCode.BackendKeyData:
         this.upstreamKey = decodeBackendKeyData(msg);
         if (this.proxyKey) this.ctx.cancels.release(this.proxyKey.processId);
@@ -545,19 +637,24 @@ export class Session {
   private onReadyForQuery(msg: Buffer): Verdict {
     this.txStatus = decodeReadyForQuery(msg);
     if (this.phase === 'authenticating') {
-      if (!this.readOnlyConfirmed) {
-        if (this.serverVersionNum >= 140000) {
-          return this.pinViolation('the server did not confirm default_transaction_read_only = on');
-        }
-        // Before PostgreSQL 14 the setting is not reported: ask for it.
-        this.phase = 'verifying';
-        this.interesting.set(ALL_CODES);
-        this.toUpstream(encodeQuery('SHOW default_transaction_read_only'));
-        return null;
+      if (this.serverVersionNum < 140000) {
+        // Older servers do not report default_transaction_read_only, so the proxy
+        // could not watch it (and PostgreSQL 13 is past its end of life).
+        this.closeAfterWrite = 'server too old';
+        this.scanner?.halt();
+        return encodeErrorResponse({
+          severity: 'FATAL',
+          code: SqlState.FeatureNotSupported,
+          message: `pg-readonly-proxy needs PostgreSQL 14 or newer upstream (the server is ${this.serverVersionNum || 'unknown'})`,
+        });
       }
+      if (!this.readOnlyConfirmed)
+        return this.pinViolation('the server did not confirm default_transaction_read_only = on');
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
+    this.batchFailed = false;
+    this.executesInFlight = 0;
     if (this.awaitingReady && this.segmentsDone >= this.segmentsSent) {
       this.awaitingReady = false;
       // After this ReadyForQuery (and any ParameterStatus before it) is handled.
@@ -575,36 +672,14 @@ export class Session {
 
   private becomeReady(msg: Buffer): Buffer {
     this.phase = 'ready';
+    clearTimeout(this.startupTimer);
+    this.framer.setMaxLength(this.ctx.config.maxMessageBytes);
     this.log.info(
       { event: 'session_ready', server_version: this.serverVersionNum },
       'session ready, read-only pinned',
     );
     setImmediate(() => this.pump());
     return msg;
-  }
-
-  private verifyValue: string | undefined;
-
-  private onVerifyMessage(code: number, msg: Buffer): Verdict {
-    if (code === BackendCode.DataRow) {
-      const n = msg.readInt16BE(5);
-      const len = msg.readInt32BE(7);
-      if (n === 1 && len >= 0) this.verifyValue = msg.subarray(11, 11 + len).toString('utf8');
-    } else if (code === BackendCode.ParameterStatus) {
-      return this.onParameterStatus(msg);
-    } else if (code === BackendCode.ReadyForQuery) {
-      this.interesting.set(READY_CODES);
-      if (this.verifyValue !== 'on') {
-        return this.pinViolation(
-          `default_transaction_read_only is "${this.verifyValue ?? 'unknown'}" upstream`,
-        );
-      }
-      this.readOnlyConfirmed = true;
-      return this.becomeReady(msg);
-    } else if (code === BackendCode.ErrorResponse) {
-      return this.pinViolation('could not verify default_transaction_read_only');
-    }
-    return null;
   }
 
   /** Tracks a reported setting; returns why the session must end, if it must. */
@@ -617,7 +692,7 @@ export class Session {
       case 'standard_conforming_strings':
         return value === 'on' ? undefined : 'standard_conforming_strings was turned off';
       case 'client_encoding':
-        if (UNSAFE_CLIENT_ENCODINGS.has(value.toUpperCase())) return `client_encoding was set to ${value}`;
+        if (!SAFE_CLIENT_ENCODING.test(value.toUpperCase())) return `client_encoding was set to ${value}`;
         this.textEncoding = value.toUpperCase() === 'UTF8' ? 'utf8' : 'latin1';
         return undefined;
       case 'session_authorization':
@@ -716,7 +791,10 @@ export class Session {
   /** The client is read only while the upstream can take more and no barrier holds it. */
   private updateClientFlow(): void {
     const hold =
-      this.awaitingReady || (this.upstream?.writableNeedDrain ?? false) || this.phase === 'connecting';
+      this.awaitingReady ||
+      this.awaitingExecute ||
+      (this.upstream?.writableNeedDrain ?? false) ||
+      this.phase === 'connecting';
     if (hold && !this.client.isPaused()) this.client.pause();
     else if (!hold && this.client.isPaused() && this.phase !== 'closed') this.client.resume();
   }
@@ -750,6 +828,7 @@ export class Session {
   close(reason: string): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    clearTimeout(this.startupTimer);
     this.closeReason ||= reason;
     const up = this.upstream;
     if (up && !up.destroyed) {
@@ -779,6 +858,13 @@ export class Session {
 }
 
 const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
+
+const FLUSH = encodeFlush();
+
+/** CommandComplete with tag COMMIT: the transaction ended and the next one starts fresh. */
+function isCommitTag(msg: Buffer): boolean {
+  return msg.length === 12 && msg.toString('latin1', 5, 11) === 'COMMIT' && msg[11] === 0;
+}
 
 /**
  * A statement that fails in PostgreSQL's parse analysis, before anything runs,
