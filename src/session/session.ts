@@ -133,8 +133,8 @@ export class Session {
   private awaitingReady = false;
   /** Messages since the last Sync belong to one extended-query batch. */
   private inBatch = false;
-  /** An Execute was sent in this batch: settings may have changed since. */
-  private executedInBatch = false;
+  /** A Bind (which plans, and so may fold functions) or Execute was sent in this batch: settings may have changed since. */
+  private ranCodeInBatch = false;
   /** The server answered an Execute in this batch with COMMIT: a new transaction began. */
   private batchCommitted = false;
   /** The server reported an error in this batch: it skips everything until Sync. */
@@ -342,12 +342,13 @@ export class Session {
       case FrontendCode.Sync:
         this.segmentsSent++;
         this.inBatch = false;
-        this.executedInBatch = false;
+        this.ranCodeInBatch = false;
         this.batchCommitted = false;
         return this.toUpstream(msg);
       case FrontendCode.Bind:
         this.inBatch = true;
         if (this.batchCommitted) return this.refuseAfterCommit('Bind', (m) => encodeBind(m));
+        this.ranCodeInBatch = true;
         return this.toUpstream(msg);
       case FrontendCode.Execute:
         this.inBatch = true;
@@ -397,7 +398,7 @@ export class Session {
     if (this.batchCommitted)
       return this.refuseAfterCommit('Parse', (m) => encodeParse(parse.name, substituteSql(m)));
     this.statements++;
-    if (this.executedInBatch && SETTING_SENSITIVE_BYTE.test(parse.query.toString('latin1'))) {
+    if (this.ranCodeInBatch && SETTING_SENSITIVE_BYTE.test(parse.query.toString('latin1'))) {
       // An Execute earlier in this batch may have changed standard_conforming_strings
       // or client_encoding, which the server reports only at Sync: the proxy could
       // read this text differently from the server.
@@ -407,7 +408,7 @@ export class Session {
           sqlstate: SqlState.FeatureNotSupported,
           kind: 'PARSE',
           message:
-            'pg-readonly-proxy: a statement with backslashes or non-ASCII characters after an Execute in the same batch is not allowed: a setting that changes how it is read may have changed',
+            'pg-readonly-proxy: a statement with backslashes or non-ASCII characters after a Bind or Execute in the same batch is not allowed: a setting that changes how it is read may have changed',
           hint: 'Send Sync before parsing this statement.',
         },
         this.segmentsSent + 1,
@@ -452,7 +453,7 @@ export class Session {
       // A portal that cannot exist: the server fails it, naming the marker.
       return this.refuseAfterCommit('Execute', (m) => encodeExecute(m, maxRows));
     }
-    this.executedInBatch = true;
+    this.ranCodeInBatch = true;
     if (this.batchFailed) return this.toUpstream(msg); // skipped by the server: no answer comes
     this.executesInFlight++;
     this.toUpstream(msg);

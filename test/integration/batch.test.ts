@@ -24,6 +24,8 @@ before(async () => {
       $$ SELECT set_config('default_transaction_read_only', 'off', false) $$;
     CREATE OR REPLACE FUNCTION batch_flip_scs() RETURNS text LANGUAGE sql AS
       $$ SELECT set_config('standard_conforming_strings', 'off', false) $$;
+    CREATE OR REPLACE FUNCTION batch_flip_scs_imm() RETURNS text LANGUAGE plpgsql IMMUTABLE AS
+      $$ BEGIN RETURN set_config('standard_conforming_strings', 'off', false); END $$;
     CREATE OR REPLACE FUNCTION batch_setenc(text) RETURNS text LANGUAGE sql AS
       $$ SELECT set_config('client_encoding', $1, false) $$;
     CREATE OR REPLACE FUNCTION batch_write() RETURNS int LANGUAGE sql VOLATILE AS
@@ -140,8 +142,26 @@ test('review t3: standard_conforming_strings turned off mid-batch cannot smuggle
     const got = await answer(c);
     const refusal = got.find((m) => label(m) === 'ErrorResponse 0A000');
     assert.ok(refusal, got.map(label).join(', '));
-    assert.match(errorFields(refusal).M ?? '', /backslashes or non-ASCII characters after an Execute/);
+    assert.match(errorFields(refusal).M ?? '', /backslashes or non-ASCII characters after a Bind or Execute/);
     assert.ok(!got.some((m) => label(m) === 'DataRow' && m.body.toString().includes('hostname')));
+  } finally {
+    c.destroy();
+  }
+});
+
+test('an IMMUTABLE function folded at Bind (before any Execute) cannot change how a later Parse is read', async () => {
+  const c = await wire();
+  try {
+    c.write(
+      ...[fe.parse('', 'SELECT batch_flip_scs_imm()'), fe.bind('', '')],
+      fe.parse('', "SELECT 'a\\' /* ' , pg_read_file($$/etc/hostname$$) -- */"),
+      ...[fe.bind('', ''), fe.execute(''), fe.sync()],
+    );
+    const got = await answer(c);
+    assert.ok(
+      got.some((m) => label(m) === 'ErrorResponse 0A000'),
+      got.map(label).join(', '),
+    );
   } finally {
     c.destroy();
   }
