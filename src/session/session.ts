@@ -418,8 +418,13 @@ export class Session {
     }
     const decision = this.ctx.policy.classify(this.decodeText(parse.query));
     if (decision.allowed) {
-      if (!this.commitParsed && decision.statements.some((st) => st.endsTransaction))
+      // COMMIT (with or without AND CHAIN) and DISCARD ALL end a transaction inside a batch.
+      if (
+        !this.commitParsed &&
+        decision.statements.some((st) => st.kind === 'COMMIT' || st.kind === 'DISCARD ALL')
+      ) {
         this.commitParsed = true;
+      }
       return this.toUpstream(msg);
     }
     const marker = this.recordRefusal(decision.refusal!, this.segmentsSent + 1, 'Parse');
@@ -862,9 +867,12 @@ const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
 
 const FLUSH = encodeFlush();
 
-/** CommandComplete with tag COMMIT: the transaction ended and the next one starts fresh. */
+/** CommandComplete tags after which the server starts a new transaction inside a batch. */
+const NEW_TRANSACTION_TAGS = new Set(['COMMIT', 'DISCARD ALL']);
+
 function isCommitTag(msg: Buffer): boolean {
-  return msg.length === 12 && msg.toString('latin1', 5, 11) === 'COMMIT' && msg[11] === 0;
+  const end = msg.indexOf(0, 5);
+  return end > 5 && NEW_TRANSACTION_TAGS.has(msg.toString('latin1', 5, end));
 }
 
 /**
