@@ -119,3 +119,22 @@ export async function eventually(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** Resolves once a query with exactly this text is running upstream (so a cancel has something to hit). */
+export async function whenRunning(text: string): Promise<void> {
+  const d = await direct();
+  try {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const r = await d.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+        [text],
+      );
+      if ((r.rows[0] as { n: number }).n > 0) return;
+      if (Date.now() > deadline) throw new Error(`"${text}" never started`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  } finally {
+    await d.end();
+  }
+}

@@ -12,7 +12,7 @@ import pg from 'pg';
 import Cursor from 'pg-cursor';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import postgres from 'postgres';
-import { direct, startProxy, testServer, type RunningProxy } from '../helpers/harness.js';
+import { direct, startProxy, testServer, type RunningProxy, whenRunning } from '../helpers/harness.js';
 import { sendCancelRequest } from '../helpers/wire.js';
 
 let proxy: RunningProxy;
@@ -33,25 +33,6 @@ async function itemCount(): Promise<number> {
   const d = await direct();
   try {
     return (await d.query<{ n: number }>('SELECT count(*)::int AS n FROM drv_items')).rows[0]!.n;
-  } finally {
-    await d.end();
-  }
-}
-
-/** Resolves once a query with exactly this text is running upstream (so a cancel has something to hit). */
-async function whenRunning(text: string): Promise<void> {
-  const d = await direct();
-  try {
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      const r = await d.query(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-        [text],
-      );
-      if ((r.rows[0] as { n: number }).n > 0) return;
-      if (Date.now() > deadline) throw new Error(`"${text}" never started`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
   } finally {
     await d.end();
   }

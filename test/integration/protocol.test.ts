@@ -4,7 +4,14 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { direct, eventually, startProxy, testServer, type RunningProxy } from '../helpers/harness.js';
+import {
+  direct,
+  eventually,
+  startProxy,
+  testServer,
+  type RunningProxy,
+  whenRunning,
+} from '../helpers/harness.js';
 import {
   errorFields,
   fe,
@@ -53,25 +60,6 @@ async function directScalar(sql: string): Promise<unknown> {
   try {
     const r = await d.query(sql);
     return Object.values(r.rows[0] as Record<string, unknown>)[0];
-  } finally {
-    await d.end();
-  }
-}
-
-/** Resolves once a query with exactly this text is running upstream (so a cancel has something to hit). */
-async function whenRunning(text: string): Promise<void> {
-  const d = await direct();
-  try {
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      const r = await d.query(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-        [text],
-      );
-      if ((r.rows[0] as { n: number }).n > 0) return;
-      if (Date.now() > deadline) throw new Error(`"${text}" never started`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
   } finally {
     await d.end();
   }
