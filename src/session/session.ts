@@ -97,12 +97,6 @@ const READY_CODES = codeSet([
 /** The upstream messages an error during inspection can safely carry. */
 const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
 
-interface PendingRefusal {
-  refusal: Refusal;
-  /** The sync point (Query, Sync or FunctionCall) whose ReadyForQuery ends it. */
-  segment: number;
-}
-
 let nextSessionId = 1;
 
 export class Session {
@@ -113,7 +107,6 @@ export class Session {
   private readonly framer: MessageFramer;
   private upstream: Socket | undefined;
   private scanner: BackendScanner | undefined;
-  private interesting = new Uint8Array(READY_CODES);
   private negotiations = 0;
 
   private user = '';
@@ -148,13 +141,11 @@ export class Session {
   private startupTimer: NodeJS.Timeout | undefined;
   private segmentsDone = 0;
   /**
-   * Refusals whose substitute error has not come back yet, by marker nonce, in
-   * the order sent. At most one per sync point: after the first error the server
-   * skips to Sync, so later substitutes in the same segment never answer. The
-   * map is bounded by what the sockets' backpressure lets be in flight.
+   * The refusal whose substitute error is due back. The barrier keeps one sync
+   * point in flight, and after the first error the server skips to Sync, so only
+   * the first refusal before a ReadyForQuery can ever be answered.
    */
-  private readonly pending = new Map<string, PendingRefusal>();
-  private lastPendingSegment = 0;
+  private pending: { nonce: string; refusal: Refusal } | undefined;
 
   private statements = 0;
   private refused = 0;
@@ -387,9 +378,9 @@ export class Session {
     const sql = this.decodeText(decodeQuery(msg));
     this.statements++;
     const decision = this.ctx.policy.classify(sql);
-    const segment = ++this.segmentsSent;
+    this.segmentsSent++;
     if (decision.allowed) return this.toUpstream(msg);
-    const marker = this.recordRefusal(decision.refusal!, segment, 'Query');
+    const marker = this.recordRefusal(decision.refusal!, 'Query');
     this.toUpstream(encodeQuery(substituteSql(marker)));
   }
 
@@ -411,7 +402,6 @@ export class Session {
             'pg-readonly-proxy: a statement with backslashes or non-ASCII characters after a Bind or Execute in the same batch is not allowed: a setting that changes how it is read may have changed',
           hint: 'Send Sync before parsing this statement.',
         },
-        this.segmentsSent + 1,
         'Parse',
       );
       return this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
@@ -427,7 +417,7 @@ export class Session {
       }
       return this.toUpstream(msg);
     }
-    const marker = this.recordRefusal(decision.refusal!, this.segmentsSent + 1, 'Parse');
+    const marker = this.recordRefusal(decision.refusal!, 'Parse');
     this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
   }
 
@@ -446,7 +436,6 @@ export class Session {
         message: `pg-readonly-proxy: ${via} after COMMIT in the same batch is not allowed: it would run in a new transaction before the proxy can check the one that ended`,
         hint: 'Send Sync after COMMIT before sending more statements.',
       },
-      this.segmentsSent + 1,
       via,
     );
     this.toUpstream(substitute(marker));
@@ -491,7 +480,7 @@ export class Session {
   }
 
   private onFunctionCall(): void {
-    const segment = ++this.segmentsSent;
+    this.segmentsSent++;
     this.statements++;
     const marker = this.recordRefusal(
       {
@@ -501,19 +490,15 @@ export class Session {
         message: 'pg-readonly-proxy: the fast-path FunctionCall message is not allowed',
         hint: 'Call the function from a SELECT statement instead.',
       },
-      segment,
       'FunctionCall',
     );
     this.toUpstream(encodeQuery(substituteSql(marker)));
   }
 
-  private recordRefusal(refusal: Refusal, segment: number, via: string): string {
+  private recordRefusal(refusal: Refusal, via: string): string {
     this.refused++;
     const nonce = randomBytes(8).toString('hex');
-    if (segment !== this.lastPendingSegment) {
-      this.pending.set(nonce, { refusal, segment });
-      this.lastPendingSegment = segment;
-    }
+    this.pending ??= { nonce, refusal };
     this.log.warn(
       {
         event: 'statement_refused',
@@ -554,7 +539,7 @@ export class Session {
       return;
     }
     this.upstream = socket;
-    this.scanner = new BackendScanner(this.interesting, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
+    this.scanner = new BackendScanner(READY_CODES, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
     socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
     socket.on('close', () => this.close('upstream closed'));
@@ -669,10 +654,7 @@ export class Session {
         this.pump();
       });
     }
-    for (const [nonce, p] of this.pending) {
-      if (p.segment > this.segmentsDone) break;
-      this.pending.delete(nonce);
-    }
+    this.pending = undefined;
     return undefined;
   }
 
@@ -722,15 +704,14 @@ export class Session {
   }
 
   private onUpstreamError(msg: Buffer): Verdict {
-    if (this.pending.size === 0) return undefined;
+    if (!this.pending) return undefined;
     const message = decodeErrorFields(msg).get('M') ?? '';
     const at = message.indexOf(MARKER_PREFIX);
     if (at < 0) return undefined;
     const nonce = message.slice(at + MARKER_PREFIX.length, at + MARKER_PREFIX.length + 16);
-    const entry = this.pending.get(nonce);
-    if (!entry) return undefined;
-    this.pending.delete(nonce);
-    const { refusal } = entry;
+    if (nonce !== this.pending.nonce) return undefined;
+    const { refusal } = this.pending;
+    this.pending = undefined;
     return encodeErrorResponse({
       severity: 'ERROR',
       code: refusal.sqlstate,
