@@ -9,6 +9,7 @@ import { parse, parserReady } from './parser.js';
 import { BUILTIN_FROZEN_SETTINGS, canonicalSettingName, type SettingsPolicy } from './settings.js';
 import { QueryText } from './text.js';
 import {
+  PolicySqlState,
   ReasonCode,
   type Decision,
   type PolicyOptions,
@@ -51,14 +52,18 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
   if (sql.includes('\0')) {
     // The server reads a query as a C string: text after a NUL would be hidden from one side.
     return refused(
-      bare(ReasonCode.SyntaxError, '42601', 'pg-readonly-proxy: the query text contains a NUL byte'),
+      bare(
+        ReasonCode.SyntaxError,
+        PolicySqlState.SyntaxError,
+        'pg-readonly-proxy: the query text contains a NUL byte',
+      ),
     );
   }
   if (!parserReady()) {
     return refused(
       bare(
         ReasonCode.Internal,
-        'XX000',
+        PolicySqlState.InternalError,
         'pg-readonly-proxy: the SQL parser is not loaded; the query was refused',
       ),
     );
@@ -67,7 +72,7 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
     const outcome = parse(sql);
     if (!outcome.ok) {
       const position = outcome.cursor === undefined ? undefined : outcome.cursor + 1;
-      return refused(bare(ReasonCode.SyntaxError, '42601', outcome.message, position));
+      return refused(bare(ReasonCode.SyntaxError, PolicySqlState.SyntaxError, outcome.message, position));
     }
     const text = outcome.statements.length > 0 ? new QueryText(sql) : undefined;
     const statements: StatementResult[] = [];
@@ -93,7 +98,7 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
       const after = statements[boundary + 1]!;
       first = after.refusal = {
         code: ReasonCode.TransactionBoundary,
-        sqlstate: '25006',
+        sqlstate: PolicySqlState.ReadOnlySqlTransaction,
         kind: after.kind,
         message: `pg-readonly-proxy: ${after.kind} after ${statements[boundary]!.kind} in the same query string is not allowed: it would run in a new transaction before the proxy can check the one that ended`,
         hint: 'Send the statements that follow COMMIT as a separate query.',
@@ -104,7 +109,7 @@ export function classifyWith(sql: string, policy: WalkPolicy): Decision {
     return refused(
       bare(
         ReasonCode.Internal,
-        'XX000',
+        PolicySqlState.InternalError,
         `pg-readonly-proxy: the policy could not classify the query: ${e instanceof Error ? e.message : String(e)}`,
       ),
     );
@@ -117,7 +122,7 @@ function refusalOf(f: Finding, kind: string, text: QueryText | undefined): Refus
 }
 
 /** COMMIT / END without AND CHAIN: the next statement starts a new transaction. */
-export function endsTransaction(stmt: unknown): boolean {
+function endsTransaction(stmt: unknown): boolean {
   const t = (stmt as { TransactionStmt?: { kind?: string; chain?: boolean } }).TransactionStmt;
   return t !== undefined && t.kind === 'TRANS_STMT_COMMIT' && t.chain !== true;
 }
