@@ -4,7 +4,7 @@
  * SCRAM-SHA-256 login. Written independently of src/protocol so the proxy's
  * codec is not used to check itself.
  */
-import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
+import { ClientAuth } from './client-auth.js';
 import { connect, type Socket } from 'node:net';
 
 export interface BackendMessage {
@@ -173,56 +173,13 @@ export class RawClient {
    */
   async login(user: string, password: string, first?: BackendMessage): Promise<BackendMessage[]> {
     const seen: BackendMessage[] = [];
-    let scram: { nonce: string; bare: string; serverSignature?: Buffer } | undefined;
+    const auth = new ClientAuth(user, password);
     let m = first ?? (await this.read());
     for (;;) {
       if (m.type === 'E') throw new Error(`login failed: ${errorFields(m.body).get('M')}`);
       if (m.type === 'R') {
-        const code = m.body.readInt32BE(0);
-        if (code === 3) this.send(typed('p', cstr(password)));
-        else if (code === 5) {
-          const salt = m.body.subarray(4, 8);
-          const inner = createHash('md5')
-            .update(password + user)
-            .digest('hex');
-          const outer = createHash('md5')
-            .update(Buffer.concat([Buffer.from(inner), salt]))
-            .digest('hex');
-          this.send(typed('p', cstr(`md5${outer}`)));
-        } else if (code === 10) {
-          const nonce = randomBytes(18).toString('base64');
-          const bare = `n=,r=${nonce}`;
-          scram = { nonce, bare };
-          const first = Buffer.from(`n,,${bare}`);
-          const len = Buffer.alloc(4);
-          len.writeInt32BE(first.length);
-          this.send(typed('p', Buffer.concat([cstr('SCRAM-SHA-256'), len, first])));
-        } else if (code === 11 && scram) {
-          const serverFirst = m.body.subarray(4).toString();
-          const attrs = new Map(serverFirst.split(',').map((kv) => [kv[0]!, kv.slice(2)]));
-          const r = attrs.get('r')!;
-          if (!r.startsWith(scram.nonce)) throw new Error('SCRAM: bad server nonce');
-          const salted = pbkdf2Sync(
-            password,
-            Buffer.from(attrs.get('s')!, 'base64'),
-            Number(attrs.get('i')),
-            32,
-            'sha256',
-          );
-          const clientKey = createHmac('sha256', salted).update('Client Key').digest();
-          const storedKey = createHash('sha256').update(clientKey).digest();
-          const withoutProof = `c=biws,r=${r}`;
-          const authMessage = `${scram.bare},${serverFirst},${withoutProof}`;
-          const clientSig = createHmac('sha256', storedKey).update(authMessage).digest();
-          const proof = Buffer.from(clientKey.map((b, i) => b ^ clientSig[i]!));
-          const serverKey = createHmac('sha256', salted).update('Server Key').digest();
-          scram.serverSignature = createHmac('sha256', serverKey).update(authMessage).digest();
-          this.send(typed('p', Buffer.from(`${withoutProof},p=${proof.toString('base64')}`)));
-        } else if (code === 12 && scram) {
-          const v = m.body.subarray(4).toString();
-          if (v !== `v=${scram.serverSignature!.toString('base64')}`)
-            throw new Error('SCRAM: bad server signature');
-        } else if (code !== 0) throw new Error(`unsupported authentication request ${code}`);
+        const answer = auth.respond(m.body);
+        if (answer) this.send(typed('p', answer));
       } else {
         seen.push(m);
         if (m.type === 'Z') return seen;

@@ -5,7 +5,7 @@
  * messages one at a time, with a timeout, so a test can assert the exact message
  * sequence a client sees — and what happens when it sends something malformed.
  */
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { ClientAuth } from './client-auth.js';
 import { connect, type Socket } from 'node:net';
 
 /* ------------------------------------------------------------------ encoding */
@@ -259,70 +259,14 @@ export class WireClient {
   }
 
   private async authenticate(user: string, password: string): Promise<void> {
-    let scram: { nonce: string; bare: string; serverSignature?: Buffer } | undefined;
+    const auth = new ClientAuth(user, password);
     for (;;) {
       const m = await this.next();
       if (m.code === 'E') throw new Error(`authentication failed: ${JSON.stringify(errorFields(m))}`);
       if (m.code !== 'R') throw new Error(`unexpected message during authentication: ${label(m)}`);
-      const kind = m.body.readInt32BE(0);
-      switch (kind) {
-        case 0: // AuthenticationOk
-          return;
-        case 3: // CleartextPassword
-          this.write(frame('p', cstr(password)));
-          break;
-        case 5: {
-          // MD5Password
-          const salt = m.body.subarray(4, 8);
-          const inner = createHash('md5')
-            .update(password + user)
-            .digest('hex');
-          const outer = createHash('md5')
-            .update(Buffer.concat([Buffer.from(inner), salt]))
-            .digest('hex');
-          this.write(frame('p', cstr(`md5${outer}`)));
-          break;
-        }
-        case 10: {
-          // SASL: SCRAM-SHA-256 without channel binding
-          const nonce = randomBytes(18).toString('base64');
-          const bare = `n=*,r=${nonce}`;
-          const first = Buffer.from(`n,,${bare}`);
-          scram = { nonce, bare };
-          this.write(frame('p', Buffer.concat([cstr('SCRAM-SHA-256'), int32(first.length), first])));
-          break;
-        }
-        case 11: {
-          if (!scram) throw new Error('SASLContinue without SASL');
-          const serverFirst = m.body.toString('utf8', 4);
-          const attrs = new Map(serverFirst.split(',').map((kv) => [kv[0], kv.slice(2)] as const));
-          const serverNonce = attrs.get('r') ?? '';
-          if (!serverNonce.startsWith(scram.nonce)) throw new Error('SCRAM: bad server nonce');
-          const salt = Buffer.from(attrs.get('s') ?? '', 'base64');
-          const iterations = Number(attrs.get('i'));
-          const salted = pbkdf2Sync(password.normalize('NFKC'), salt, iterations, 32, 'sha256');
-          const clientKey = createHmac('sha256', salted).update('Client Key').digest();
-          const storedKey = createHash('sha256').update(clientKey).digest();
-          const withoutProof = `c=biws,r=${serverNonce}`;
-          const authMessage = `${scram.bare},${serverFirst},${withoutProof}`;
-          const clientSignature = createHmac('sha256', storedKey).update(authMessage).digest();
-          const proof = Buffer.from(clientKey.map((b, i) => b ^ clientSignature[i]!));
-          const serverKey = createHmac('sha256', salted).update('Server Key').digest();
-          scram.serverSignature = createHmac('sha256', serverKey).update(authMessage).digest();
-          this.write(frame('p', Buffer.from(`${withoutProof},p=${proof.toString('base64')}`)));
-          break;
-        }
-        case 12: {
-          const final = m.body.toString('utf8', 4);
-          const v = Buffer.from(final.replace(/^v=/, ''), 'base64');
-          if (!scram?.serverSignature || v.length !== 32 || !timingSafeEqual(v, scram.serverSignature)) {
-            throw new Error('SCRAM: bad server signature');
-          }
-          break;
-        }
-        default:
-          throw new Error(`unsupported authentication request ${kind}`);
-      }
+      const answer = auth.respond(m.body);
+      if (answer) this.write(frame('p', answer));
+      if (m.body.readInt32BE(0) === 0) return;
     }
   }
 
