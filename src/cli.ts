@@ -25,6 +25,9 @@ Usage:
   pg-readonly-proxy check [options] SQL  print the policy's decision for each statement
                                          (reads SQL from stdin when none is given;
                                          exit 1 if anything is refused)
+  pg-readonly-proxy hash-password        print a SCRAM-SHA-256 verifier for a password
+                                         (asked for on a terminal, else read from stdin),
+                                         for auth.users.*.password
 
 Options:
   -c, --config FILE        YAML configuration (see config.example.yaml)
@@ -32,17 +35,28 @@ Options:
   -u, --upstream URL       postgres://HOST:PORT of the server to protect
                            (PGHOST / PGPORT are read too); with none, an embedded
                            PostgreSQL with demo data is started
+                           with ?sslmode=...&sslrootcert=... as in libpq
+                           (PGSSLMODE, PGSSLROOTCERT, ... are read too)
+      --tls-cert FILE      certificate (PEM) for clients' TLS
+      --tls-key FILE       its private key (PEM)
+      --client-tls MODE    disable, allow or require (default: allow with a
+                           certificate, else disable)
+      --iterations N       hash-password: SCRAM iteration count (default 4096)
       --log-level LEVEL    fatal, error, warn, info, debug, trace or silent
   -h, --help               show this help
   -v, --version            show the version
 `;
 
 interface Args {
-  command: 'run' | 'check';
-  config?: string;
-  listen?: string;
-  upstream?: string;
-  logLevel?: string;
+  command: 'run' | 'check' | 'hash-password';
+  config?: string | undefined;
+  listen?: string | undefined;
+  upstream?: string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  clientTls?: string | undefined;
+  iterations?: string | undefined;
+  logLevel?: string | undefined;
   sql: string[];
 }
 
@@ -55,6 +69,10 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
       config: { type: 'string', short: 'c' },
       listen: { type: 'string', short: 'l' },
       upstream: { type: 'string', short: 'u' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'client-tls': { type: 'string' },
+      iterations: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
@@ -64,9 +82,14 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
   if (values.version) return 'version';
   let command: Args['command'] = 'run';
   const rest = [...positionals];
-  if (rest[0] === 'check') {
-    command = 'check';
+  if (rest[0] === 'check' || rest[0] === 'hash-password') {
+    command = rest[0];
     rest.shift();
+    if (command === 'hash-password' && rest.length > 0) {
+      throw new ConfigError(
+        'hash-password takes no arguments: the password is read from the terminal or stdin',
+      );
+    }
   } else if (rest.length > 0) {
     throw new ConfigError(`unknown command "${rest[0]}" (see --help)`);
   }
@@ -75,6 +98,10 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
     config: values.config,
     listen: values.listen,
     upstream: values.upstream,
+    tlsCert: values['tls-cert'],
+    tlsKey: values['tls-key'],
+    clientTls: values['client-tls'],
+    iterations: values.iterations,
     logLevel: values['log-level'],
     sql: rest,
   };
@@ -83,7 +110,13 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
 function loadConfig(args: Args): ProxyConfig {
   const raw = args.config ? readConfigFile(args.config) : {};
   if (args.logLevel) raw.log = { ...raw.log, level: args.logLevel as never };
-  return resolveConfig(raw, { listen: args.listen, upstream: args.upstream });
+  return resolveConfig(raw, {
+    listen: args.listen,
+    upstream: args.upstream,
+    tlsCert: args.tlsCert,
+    tlsKey: args.tlsKey,
+    clientTls: args.clientTls,
+  });
 }
 
 async function runCheck(args: Args): Promise<number> {
@@ -94,6 +127,19 @@ async function runCheck(args: Args): Promise<number> {
   const decision = policy.classify(sql);
   process.stdout.write(formatCheckReport(sql, decision) + '\n');
   return decision.allowed ? 0 : 1;
+}
+
+async function runHashPassword(args: Args): Promise<number> {
+  const iterations = args.iterations === undefined ? 4096 : Number(args.iterations);
+  if (!Number.isInteger(iterations) || iterations < 4096 || iterations > 10_000_000) {
+    throw new ConfigError('--iterations: a whole number from 4096 to 10000000');
+  }
+  const { readPassword } = await import('./auth/read-password.js');
+  const { createScramVerifier } = await import('./auth/scram.js');
+  const password = await readPassword();
+  if (password === '') throw new ConfigError('empty password');
+  process.stdout.write(createScramVerifier(password, { iterations }) + '\n');
+  return 0;
 }
 
 async function runProxy(args: Args): Promise<void> {
@@ -115,7 +161,11 @@ async function runProxy(args: Args): Promise<void> {
       'no upstream configured: starting the embedded PostgreSQL',
     );
     const embedded = await startEmbedded({ ...config.embedded, logger, demo: true });
-    upstream = { host: embedded.host, port: embedded.port };
+    upstream = {
+      host: embedded.host,
+      port: embedded.port,
+      tls: { sslmode: 'disable', sslnegotiation: 'postgres' },
+    };
     stopEmbedded = embedded.stop;
     banner = (addr: { host: string; port: number }) =>
       [
@@ -130,7 +180,13 @@ async function runProxy(args: Args): Promise<void> {
       ].join('\n');
   }
 
-  const server = new ProxyServer({ config, upstream, policy, logger });
+  let server: ProxyServer;
+  try {
+    server = new ProxyServer({ config, upstream, policy, logger });
+  } catch (err) {
+    await stopEmbedded?.();
+    throw err;
+  }
   let addr: { host: string; port: number };
   try {
     addr = await server.listen();
@@ -143,6 +199,10 @@ async function runProxy(args: Args): Promise<void> {
       event: 'listening',
       listen: `${addr.host}:${addr.port}`,
       upstream: describeTarget(upstream),
+      upstream_sslmode: upstream.tls.sslmode,
+      client_tls: config.clientTls.mode,
+      certificate: server.tlsCertificate,
+      auth: config.auth.mode,
       version: VERSION,
     },
     'listening',
@@ -165,6 +225,10 @@ async function runProxy(args: Args): Promise<void> {
     process.exitCode = 0;
     setTimeout(() => process.exit(0), 200).unref();
   };
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading');
+    server.reload();
+  });
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
@@ -186,6 +250,7 @@ async function main(): Promise<void> {
   if (args === 'version') return void process.stdout.write(`${VERSION}\n`);
   try {
     if (args.command === 'check') process.exitCode = await runCheck(args);
+    else if (args.command === 'hash-password') process.exitCode = await runHashPassword(args);
     else await runProxy(args);
   } catch (err) {
     const message = err instanceof ConfigError ? err.message : ((err as Error).stack ?? String(err));

@@ -11,6 +11,8 @@ import { encodeErrorResponse } from './protocol/backend-messages.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { CancelRegistry } from './session/cancel-registry.js';
 import { Session, type SessionContext } from './session/session.js';
+import { ClientTls } from './tls/client-tls.js';
+import { UserDirectory } from './auth/users.js';
 
 export interface ProxyServerOptions {
   config: ProxyConfig;
@@ -25,6 +27,7 @@ export class ProxyServer {
   private readonly ctx: SessionContext;
   private closing = false;
 
+  /** Reads certificates and users files: throws ConfigError when they are unusable. */
   constructor(private readonly opts: ProxyServerOptions) {
     this.ctx = {
       config: opts.config,
@@ -32,6 +35,8 @@ export class ProxyServer {
       policy: opts.policy,
       logger: opts.logger,
       cancels: new CancelRegistry(),
+      clientTls: new ClientTls(opts.config.clientTls),
+      users: opts.config.auth.mode === 'proxy' ? new UserDirectory(opts.config.auth) : undefined,
       onClose: (s) => this.sessions.delete(s),
     };
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
@@ -65,6 +70,40 @@ export class ProxyServer {
         resolve(typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port });
       });
     });
+  }
+
+  /**
+   * SIGHUP: certificates, the users file and upstream passwords are read again.
+   * Open sessions keep what they started with; each part that fails to load is
+   * logged and keeps its old value. Returns whether everything reloaded.
+   */
+  reload(): boolean {
+    let ok = true;
+    const parts: Array<[string, () => void]> = [
+      ['client_tls', () => this.ctx.clientTls.reload()],
+      ['users', () => this.ctx.users?.reload()],
+    ];
+    for (const [part, reload] of parts) {
+      try {
+        reload();
+      } catch (err) {
+        ok = false;
+        this.opts.logger.error(
+          { event: 'reload_failed', part, err: (err as Error).message },
+          `reload of ${part} failed; keeping the old one`,
+        );
+      }
+    }
+    this.opts.logger.info(
+      { event: 'reloaded', ok, certificate: this.ctx.clientTls.describe(), users: this.ctx.users?.size },
+      ok ? 'reloaded' : 'reloaded with errors',
+    );
+    return ok;
+  }
+
+  /** What client TLS is serving now (for logs and tests). */
+  get tlsCertificate(): Record<string, string> | undefined {
+    return this.ctx.clientTls.describe();
   }
 
   get activeSessions(): number {

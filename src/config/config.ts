@@ -8,11 +8,46 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { parseDocument } from 'yaml';
 import { configSchema } from './schema.js';
 import type { PolicyOptions } from '../policy/types.js';
+import type { SslMode, UpstreamTls } from '../upstream/connect.js';
 
 export interface UpstreamTarget {
   /** A TCP host, or a directory holding a Unix socket (as libpq reads PGHOST). */
   host: string;
   port: number;
+  tls: UpstreamTls;
+}
+
+export type ClientTlsMode = 'disable' | 'allow' | 'require';
+
+export interface ClientTlsConfig {
+  /** disable: answer SSLRequest 'N'; allow: TLS or plaintext; require: plaintext clients are refused. */
+  mode: ClientTlsMode;
+  certFile?: string | undefined;
+  keyFile?: string | undefined;
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+}
+
+export interface ProxyUserConfig {
+  /** A SCRAM-SHA-256 verifier (or an MD5 one, with allowMd5); never a plaintext password. */
+  password: string;
+  upstreamUser: string;
+  upstreamPasswordEnv?: string | undefined;
+  upstreamPasswordFile?: string | undefined;
+  /** Databases this user may open; '*' for any. */
+  databases: string[];
+}
+
+export interface AuthConfig {
+  /** passthrough: the server authenticates each client; proxy: the proxy does, and logs in upstream itself. */
+  mode: 'passthrough' | 'proxy';
+  allowMd5: boolean;
+  usersFile?: string | undefined;
+  users: Record<string, ProxyUserConfig>;
+}
+
+/** The tls part of an upstream target with libpq's defaults. */
+export function defaultUpstreamTls(): UpstreamTls {
+  return { sslmode: 'prefer', sslnegotiation: 'postgres' };
 }
 
 export interface ProxyConfig {
@@ -20,6 +55,8 @@ export interface ProxyConfig {
   /** Undefined: start the embedded PostgreSQL with demo data. */
   upstream: UpstreamTarget | undefined;
   upstreamConnectTimeoutMs: number;
+  clientTls: ClientTlsConfig;
+  auth: AuthConfig;
   maxClientConnections: number;
   maxMessageBytes: number;
   /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
@@ -38,9 +75,39 @@ export class ConfigError extends Error {
 }
 
 /** Raw, validated file contents (snake_case, as in the YAML). */
+export type RawUser = {
+  password: string;
+  upstream_user: string;
+  upstream_password_env?: string;
+  upstream_password_file?: string;
+  databases: string[];
+};
+
 type RawConfig = {
   listen?: string;
-  upstream?: { url?: string; host?: string; port?: number; connect_timeout_ms?: number };
+  upstream?: {
+    url?: string;
+    host?: string;
+    port?: number;
+    connect_timeout_ms?: number;
+    sslmode?: SslMode;
+    sslrootcert?: string;
+    sslcert?: string;
+    sslkey?: string;
+    sslnegotiation?: 'postgres' | 'direct';
+  };
+  client_tls?: {
+    mode?: ClientTlsMode;
+    cert_file?: string;
+    key_file?: string;
+    min_version?: 'TLSv1.2' | 'TLSv1.3';
+  };
+  auth?: {
+    mode?: 'passthrough' | 'proxy';
+    allow_md5?: boolean;
+    users_file?: string;
+    users?: Record<string, RawUser>;
+  };
   limits?: { max_client_connections?: number; max_message_bytes?: number; startup_timeout_ms?: number };
   shutdown_grace_ms?: number;
   log?: { level?: string };
@@ -79,18 +146,23 @@ export function validateRawConfig(raw: unknown, source: string): RawConfig {
   return raw as RawConfig;
 }
 
-export function readConfigFile(file: string): RawConfig {
+/** A YAML file's contents as plain data (duplicate keys are an error). */
+export function readYamlFile(file: string, what: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+    throw new ConfigError(`cannot read ${what} ${file}: ${(err as Error).message}`);
   }
   const doc = parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(`cannot parse ${file}: ${doc.errors.map((e) => e.message).join('; ')}`);
   }
-  return validateRawConfig(doc.toJS(), file);
+  return doc.toJS() as unknown;
+}
+
+export function readConfigFile(file: string): RawConfig {
+  return validateRawConfig(readYamlFile(file, 'config file'), file);
 }
 
 export function parseHostPort(s: string, what: string): { host: string; port: number } {
@@ -119,13 +191,70 @@ export function parseUpstreamUrl(s: string, what: string): UpstreamTarget {
   if (url.pathname !== '' && url.pathname !== '/') {
     throw new ConfigError(`${what}: the database comes from each client; remove "${url.pathname}"`);
   }
-  for (const key of url.searchParams.keys()) {
-    if (key !== 'host') throw new ConfigError(`${what}: unsupported parameter "${key}" in "${s}"`);
+  const tls = defaultUpstreamTls();
+  for (const [key, value] of url.searchParams) {
+    if (key === 'host') continue;
+    if (!(URL_TLS_PARAMS as readonly string[]).includes(key))
+      throw new ConfigError(`${what}: unsupported parameter "${key}" in "${s}"`);
+    setTlsParam(tls, key as (typeof URL_TLS_PARAMS)[number], value, `${what} ${key}`);
   }
   const hostParam = url.searchParams.get('host');
   const host = hostParam ?? decodeURIComponent(url.hostname.replace(/^\[|\]$/g, ''));
   if (!host) throw new ConfigError(`${what}: no host in "${s}"`);
-  return { host, port: url.port ? checkPort(url.port, what) : 5432 };
+  return { host, port: url.port ? checkPort(url.port, what) : 5432, tls };
+}
+
+/** libpq's TLS connection parameters the proxy takes, in URLs and as PGSSL* variables. */
+const URL_TLS_PARAMS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'sslnegotiation'] as const;
+const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
+
+function setTlsParam(
+  tls: UpstreamTls,
+  key: (typeof URL_TLS_PARAMS)[number],
+  value: string,
+  what: string,
+): void {
+  switch (key) {
+    case 'sslmode':
+      if (!SSL_MODES.includes(value as SslMode))
+        throw new ConfigError(`${what}: must be one of ${SSL_MODES.join(', ')}`);
+      tls.sslmode = value as SslMode;
+      return;
+    case 'sslnegotiation':
+      if (value !== 'postgres' && value !== 'direct')
+        throw new ConfigError(`${what}: must be postgres or direct`);
+      tls.sslnegotiation = value;
+      return;
+    default:
+      tls[key] = value;
+  }
+}
+
+/** The combinations libpq refuses, refused the same way (and a missing CA file named now, not per connection). */
+function checkUpstreamTls(tls: UpstreamTls): void {
+  if ((tls.sslmode === 'verify-ca' || tls.sslmode === 'verify-full') && !tls.sslrootcert) {
+    throw new ConfigError(
+      `upstream sslmode ${tls.sslmode} needs sslrootcert: a CA bundle file (e.g. the RDS global bundle) or "system"`,
+    );
+  }
+  if (tls.sslrootcert === 'system' && tls.sslmode !== 'verify-full') {
+    throw new ConfigError('upstream sslrootcert "system" needs sslmode verify-full (as libpq)');
+  }
+  if (tls.sslnegotiation === 'direct' && ['disable', 'allow', 'prefer'].includes(tls.sslmode)) {
+    throw new ConfigError('upstream sslnegotiation direct needs sslmode require, verify-ca or verify-full');
+  }
+  if (!!tls.sslcert !== !!tls.sslkey) throw new ConfigError('upstream sslcert and sslkey go together');
+  for (const file of [tls.sslrootcert, tls.sslcert, tls.sslkey]) {
+    if (file && file !== 'system') checkReadable(file, 'upstream TLS file');
+  }
+}
+
+function checkReadable(file: string, what: string): void {
+  try {
+    readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`${what} ${file}: ${(err as Error).message}`);
+  }
 }
 
 function checkPort(value: string, what: string): number {
@@ -136,8 +265,11 @@ function checkPort(value: string, what: string): number {
 }
 
 export interface CliOverrides {
-  listen?: string;
-  upstream?: string;
+  listen?: string | undefined;
+  upstream?: string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  clientTls?: string | undefined;
 }
 
 export function resolveConfig(
@@ -145,15 +277,38 @@ export function resolveConfig(
   overrides: CliOverrides,
   env: NodeJS.ProcessEnv = process.env,
 ): ProxyConfig {
+  const u = raw.upstream;
   let upstream: UpstreamTarget | undefined;
-  if (raw.upstream?.url) upstream = parseUpstreamUrl(raw.upstream.url, 'upstream.url');
-  if (raw.upstream?.host)
-    upstream = { host: raw.upstream.host, port: raw.upstream.port ?? upstream?.port ?? 5432 };
-  else if (upstream && raw.upstream?.port) upstream.port = raw.upstream.port;
-  // libpq's environment overrides the file: PGHOST names the server, PGPORT its port.
-  if (env.PGHOST) upstream = { host: env.PGHOST, port: 5432 };
+  if (u?.url) upstream = parseUpstreamUrl(u.url, 'upstream.url');
+  if (u?.host)
+    upstream = {
+      host: u.host,
+      port: u.port ?? upstream?.port ?? 5432,
+      tls: upstream?.tls ?? defaultUpstreamTls(),
+    };
+  else if (upstream && u?.port) upstream.port = u.port;
+  if (upstream) {
+    for (const key of URL_TLS_PARAMS) {
+      const value = u?.[key];
+      if (value !== undefined) setTlsParam(upstream.tls, key, value, `upstream.${key}`);
+    }
+  }
+  // libpq's environment overrides the file: PGHOST names the server, PGPORT its
+  // port, PGSSLMODE and friends its TLS.
+  if (env.PGHOST) upstream = { host: env.PGHOST, port: 5432, tls: upstream?.tls ?? defaultUpstreamTls() };
   if (env.PGPORT && upstream) upstream.port = checkPort(env.PGPORT, 'PGPORT');
   if (overrides.upstream) upstream = parseUpstreamUrl(overrides.upstream, '--upstream');
+  if (upstream) {
+    for (const key of URL_TLS_PARAMS) {
+      const value = env[`PG${key.toUpperCase()}`];
+      // A URL on the command line says it all; the environment fills only what a file left.
+      if (value && !overrides.upstream) setTlsParam(upstream.tls, key, value, `PG${key.toUpperCase()}`);
+    }
+    checkUpstreamTls(upstream.tls);
+  }
+
+  const clientTls = resolveClientTls(raw.client_tls ?? {}, overrides);
+  const auth = resolveAuth(raw.auth ?? {});
 
   const listen = parseHostPort(
     overrides.listen ?? raw.listen ?? '127.0.0.1:6432',
@@ -174,6 +329,8 @@ export function resolveConfig(
     listen,
     upstream,
     upstreamConnectTimeoutMs: raw.upstream?.connect_timeout_ms ?? 10000,
+    clientTls,
+    auth,
     maxClientConnections: raw.limits?.max_client_connections ?? 1000,
     maxMessageBytes: raw.limits?.max_message_bytes ?? 64 * 1024 * 1024,
     startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
@@ -181,5 +338,47 @@ export function resolveConfig(
     logLevel: raw.log?.level ?? 'info',
     policy,
     embedded: { dataDir: raw.embedded?.data_dir ?? '.data/embedded', port: raw.embedded?.port ?? 0 },
+  };
+}
+
+function resolveClientTls(raw: NonNullable<RawConfig['client_tls']>, o: CliOverrides): ClientTlsConfig {
+  const certFile = o.tlsCert ?? raw.cert_file;
+  const keyFile = o.tlsKey ?? raw.key_file;
+  if (!!certFile !== !!keyFile) {
+    throw new ConfigError('client_tls: cert_file and key_file (--tls-cert and --tls-key) go together');
+  }
+  let mode = (o.clientTls ?? raw.mode ?? (certFile ? 'allow' : 'disable')) as ClientTlsMode;
+  if (!['disable', 'allow', 'require'].includes(mode)) {
+    throw new ConfigError(`--client-tls: must be one of disable, allow, require`);
+  }
+  if (mode !== 'disable' && !certFile) {
+    throw new ConfigError(
+      `client_tls mode ${mode} needs a certificate: cert_file and key_file (--tls-cert, --tls-key)`,
+    );
+  }
+  if (mode === 'disable' && certFile && o.clientTls === undefined && raw.mode === undefined) mode = 'allow';
+  return { mode, certFile, keyFile, minVersion: raw.min_version ?? 'TLSv1.2' };
+}
+
+function resolveAuth(raw: NonNullable<RawConfig['auth']>): AuthConfig {
+  const mode = raw.mode ?? 'passthrough';
+  const users: Record<string, ProxyUserConfig> = {};
+  for (const [name, u] of Object.entries(raw.users ?? {})) users[name] = resolveUser(u);
+  if (mode === 'passthrough' && (raw.users_file || Object.keys(users).length > 0)) {
+    throw new ConfigError('auth.users and auth.users_file need auth.mode: proxy');
+  }
+  if (mode === 'proxy' && !raw.users_file && Object.keys(users).length === 0) {
+    throw new ConfigError('auth.mode proxy needs users: auth.users or auth.users_file');
+  }
+  return { mode, allowMd5: raw.allow_md5 ?? false, usersFile: raw.users_file, users };
+}
+
+export function resolveUser(u: RawUser): ProxyUserConfig {
+  return {
+    password: u.password,
+    upstreamUser: u.upstream_user,
+    upstreamPasswordEnv: u.upstream_password_env,
+    upstreamPasswordFile: u.upstream_password_file,
+    databases: u.databases,
   };
 }

@@ -2,6 +2,31 @@
  * The configuration schema. Every object refuses unknown keys, so a typo stops
  * the proxy instead of being ignored. Keys are snake_case as in the YAML file.
  */
+/** Proxy-managed users, in the config file or in auth.users_file. */
+export const usersSchema = {
+  type: 'object',
+  propertyNames: { minLength: 1, maxLength: 63 },
+  additionalProperties: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['password', 'upstream_user', 'databases'],
+    properties: {
+      password: { type: 'string', minLength: 1 },
+      upstream_user: { type: 'string', minLength: 1 },
+      upstream_password_env: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+      upstream_password_file: { type: 'string', minLength: 1 },
+      databases: { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 1, uniqueItems: true },
+    },
+  },
+} as const;
+
+/** A users file holds just the users map. */
+export const usersFileSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { users: usersSchema },
+} as const;
+
 export const configSchema = {
   type: 'object',
   additionalProperties: false,
@@ -15,6 +40,31 @@ export const configSchema = {
         host: { type: 'string', minLength: 1 },
         port: { type: 'integer', minimum: 1, maximum: 65535 },
         connect_timeout_ms: { type: 'integer', minimum: 100, maximum: 600000 },
+        sslmode: { enum: ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] },
+        sslrootcert: { type: 'string', minLength: 1 },
+        sslcert: { type: 'string', minLength: 1 },
+        sslkey: { type: 'string', minLength: 1 },
+        sslnegotiation: { enum: ['postgres', 'direct'] },
+      },
+    },
+    client_tls: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        mode: { enum: ['disable', 'allow', 'require'] },
+        cert_file: { type: 'string', minLength: 1 },
+        key_file: { type: 'string', minLength: 1 },
+        min_version: { enum: ['TLSv1.2', 'TLSv1.3'] },
+      },
+    },
+    auth: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        mode: { enum: ['passthrough', 'proxy'] },
+        allow_md5: { type: 'boolean' },
+        users_file: { type: 'string', minLength: 1 },
+        users: usersSchema,
       },
     },
     limits: {

@@ -108,3 +108,27 @@ export function encodeNegotiateProtocolVersion(minor: number, unrecognized: stri
   for (const name of unrecognized) w.cstring(name);
   return w.finish();
 }
+
+/** An Authentication ('R') request: its subtype and the bytes after it. */
+export function decodeAuthentication(msg: Buffer): { code: number; data: Buffer } {
+  const end = 1 + msg.readInt32BE(1);
+  return { code: msg.readInt32BE(5), data: msg.subarray(9, end) };
+}
+
+/** An Authentication request of any subtype, with its payload (salt, SASL data). */
+export function encodeAuthentication(code: number, data?: Buffer): Buffer {
+  const w = new MessageWriter(BackendCode.Authentication, 9 + (data?.length ?? 0)).int32(code);
+  if (data) w.bytes(data);
+  return w.finish();
+}
+
+/** AuthenticationSASL's mechanism list: NUL-terminated names, then an empty one. */
+export function encodeSaslMechanisms(mechanisms: string[]): Buffer {
+  return Buffer.from(mechanisms.map((m) => `${m}\0`).join('') + '\0');
+}
+
+export function decodeSaslMechanisms(data: Buffer): string[] {
+  const names = data.toString('utf8').split('\0');
+  // A well-formed list ends in two NULs: the last two pieces are empty.
+  return names.filter((n) => n !== '');
+}

@@ -4,7 +4,7 @@
  * bytes left over, so trailing bytes cannot hide a second statement.
  */
 import { serialize } from 'pg-protocol';
-import { StartupCode } from './codes.js';
+import { FrontendCode, StartupCode } from './codes.js';
 import { MalformedMessage, MessageReader } from './reader.js';
 import { MessageWriter } from './writer.js';
 
@@ -63,6 +63,50 @@ export function encodeCancelRequest(processId: number, secretKey: Buffer): Buffe
     .int32(processId)
     .bytes(secretKey)
     .finish();
+}
+
+export const encodeSslRequest = (): Buffer =>
+  new MessageWriter(null, 8).int32(StartupCode.SSLRequest).finish();
+
+/** The body of a 'p' message (PasswordMessage, SASLResponse): its bytes after the header. */
+export function decodeAuthResponse(msg: Buffer): Buffer {
+  return msg.subarray(5, 1 + msg.readInt32BE(1));
+}
+
+/** A PasswordMessage's password (NUL-terminated, nothing after). */
+export function decodePasswordMessage(msg: Buffer): string {
+  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
+  const password = r.cstring();
+  r.expectEnd();
+  return password;
+}
+
+/** SASLInitialResponse: the chosen mechanism and its first message (-1 length: none). */
+export function decodeSaslInitialResponse(msg: Buffer): { mechanism: string; data: Buffer } {
+  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
+  const mechanism = r.cstring();
+  const n = r.int32();
+  if (n < -1 || n > r.remaining) throw new MalformedMessage('invalid SASL initial response length');
+  const data = n <= 0 ? Buffer.alloc(0) : Buffer.from(r.bytes(n));
+  r.expectEnd();
+  return { mechanism, data };
+}
+
+export function encodeSaslInitialResponse(mechanism: string, data: Buffer): Buffer {
+  return new MessageWriter(FrontendCode.AuthResponse)
+    .cstring(mechanism)
+    .int32(data.length)
+    .bytes(data)
+    .finish();
+}
+
+/** SASLResponse and PasswordMessage share a type byte; these carry raw bytes. */
+export function encodeAuthResponse(data: Buffer): Buffer {
+  return new MessageWriter(FrontendCode.AuthResponse, 5 + data.length).bytes(data).finish();
+}
+
+export function encodePasswordMessage(password: string): Buffer {
+  return new MessageWriter(FrontendCode.AuthResponse).cstring(password).finish();
 }
 
 /** The query text of a Query message, as raw bytes. */

@@ -11,16 +11,21 @@
  * after a server-side error; the server's error is then swapped for the proxy's.
  */
 import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { Logger } from '../observability/logger.js';
 import type { ProxyConfig, UpstreamTarget } from '../config/config.js';
 import type { Policy, Refusal } from '../policy/types.js';
+import type { ClientTls } from '../tls/client-tls.js';
+import type { ProxyUser, UserDirectory } from '../auth/users.js';
+import { tlsServerEndPoint } from '../auth/channel-binding.js';
+import { SCRAM_SHA_256_PLUS } from '../auth/scram.js';
 import { AuthCode, BackendCode, FrontendCode, TxStatus } from '../protocol/codes.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { MessageFramer } from '../protocol/message-framer.js';
 import { BackendScanner, codeSet, type Verdict } from '../protocol/backend-scanner.js';
 import {
-  decodeAuthenticationCode,
+  decodeAuthentication,
   decodeBackendKeyData,
   decodeErrorFields,
   decodeParameterStatus,
@@ -35,6 +40,7 @@ import {
   decodeExecute,
   decodeParse,
   decodeQuery,
+  decodeSaslInitialResponse,
   decodeStartupPacket,
   encodeCancelRequest,
   encodeBind,
@@ -46,8 +52,16 @@ import {
   encodeTerminate,
 } from '../protocol/frontend-messages.js';
 import { MalformedMessage } from '../protocol/reader.js';
-import { connectUpstream, UpstreamConnectError } from '../upstream/connect.js';
+import {
+  connectUpstream,
+  fallbackAttempt,
+  firstAttempt,
+  peerCertificateDer,
+  UpstreamConnectError,
+  type Attempt,
+} from '../upstream/connect.js';
 import { sanitiseStartup } from './startup.js';
+import { ClientAuthenticator, UpstreamLogin } from './proxy-auth.js';
 import type { CancelRegistry } from './cancel-registry.js';
 
 export interface SessionContext {
@@ -56,10 +70,18 @@ export interface SessionContext {
   policy: Policy;
   logger: Logger;
   cancels: CancelRegistry;
+  clientTls: ClientTls;
+  /** Proxy-managed users (auth.mode proxy); undefined: passthrough. */
+  users: UserDirectory | undefined;
   onClose(session: Session): void;
 }
 
-type Phase = 'startup' | 'connecting' | 'authenticating' | 'ready' | 'closed';
+/**
+ * startup: reading the first packet; tls: a TLS handshake with the client;
+ * client_auth: the proxy itself authenticating the client (proxy-managed users);
+ * connecting: opening the upstream; authenticating: the upstream login.
+ */
+type Phase = 'startup' | 'tls' | 'client_auth' | 'connecting' | 'authenticating' | 'ready' | 'closed';
 
 /**
  * Client encodings (as the server reports them) in which every byte below 0x80 is
@@ -105,9 +127,25 @@ export class Session {
   private phase: Phase = 'startup';
   private readonly log: Logger;
   private readonly framer: MessageFramer;
+  private client: Socket;
+  /** The client's TLS, when it negotiated it. */
+  private clientTls: TLSSocket | undefined;
+  private sawFirstBytes = false;
   private upstream: Socket | undefined;
+  private upstreamTls: TLSSocket | undefined;
+  private upstreamAttempt: Attempt | undefined;
+  private upstreamParams: Array<[string, string]> = [];
+  /** The upstream connection was retried once (libpq's sslmode allow / prefer fallback). */
+  private upstreamRetried = false;
   private scanner: BackendScanner | undefined;
   private negotiations = 0;
+  private clientAuth: ClientAuthenticator | undefined;
+  private proxyUser: ProxyUser | undefined;
+  private upstreamLogin: UpstreamLogin | undefined;
+  /** Passthrough: an upstream authentication request reached the client (no silent retry after that). */
+  private clientSawAuth = false;
+  /** Passthrough: the client's next 'p' message is a SASLInitialResponse. */
+  private expectSaslInitial = false;
 
   private user = '';
   private database = '';
@@ -154,9 +192,10 @@ export class Session {
   private closeAfterWrite: string | undefined;
 
   constructor(
-    private readonly client: Socket,
+    client: Socket,
     private readonly ctx: SessionContext,
   ) {
+    this.client = client;
     this.log = ctx.logger.child({
       session: this.id,
       client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
@@ -171,14 +210,76 @@ export class Session {
       );
     }, ctx.config.startupTimeoutMs);
     this.startupTimer.unref();
-    client.setNoDelay(true);
-    client.on('data', (chunk: Buffer) => {
-      this.framer.push(chunk);
+    this.bindClient(client);
+    this.log.info({ event: 'connection_opened' }, 'connection opened');
+  }
+
+  private bindClient(socket: Socket): void {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    socket.on('error', (err) => {
+      if (this.phase === 'tls') {
+        this.log.warn({ event: 'tls_handshake_failed', err: err.message }, 'client TLS handshake failed');
+        this.close('TLS handshake failed');
+      } else {
+        this.log.debug({ err: err.message }, 'client socket error');
+      }
+    });
+    socket.on('close', () => this.onClientClosed());
+  }
+
+  private onClientData(chunk: Buffer): void {
+    if (!this.sawFirstBytes) {
+      this.sawFirstBytes = true;
+      // A TLS handshake record as the very first byte: direct TLS (PostgreSQL 17's
+      // sslnegotiation=direct). Without TLS configured it fails as a bad length.
+      if (chunk[0] === 0x16 && this.ctx.clientTls.enabled) return this.startClientTls(chunk, true);
+    }
+    this.framer.push(chunk);
+    this.pump();
+  }
+
+  /**
+   * Wraps the client socket in TLS. `initial`: bytes already read that belong
+   * to the handshake (direct TLS). Sessions keep the certificate they started
+   * with; a reload affects new handshakes only.
+   */
+  private startClientTls(initial: Buffer | undefined, direct: boolean): void {
+    const raw = this.client;
+    raw.pause();
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('close');
+    raw.removeAllListeners('error');
+    raw.on('error', () => undefined);
+    if (initial) raw.unshift(initial);
+    this.phase = 'tls';
+    const tls = new TLSSocket(raw, {
+      isServer: true,
+      secureContext: this.ctx.clientTls.context!,
+      ALPNProtocols: ['postgresql'],
+    });
+    this.client = tls;
+    this.clientTls = tls;
+    this.bindClient(tls);
+    tls.once('secure', () => {
+      if (this.phase !== 'tls') return;
+      if (direct && tls.alpnProtocol !== 'postgresql') {
+        this.fatal(
+          {
+            code: SqlState.ProtocolViolation,
+            message: 'received direct TLS connection request without ALPN protocol negotiation extension',
+          },
+          'protocol_violation',
+        );
+        return;
+      }
+      this.phase = 'startup';
+      this.log.debug(
+        { event: 'tls_established', direct, protocol: tls.getProtocol(), cipher: tls.getCipher().name },
+        'client TLS established',
+      );
       this.pump();
     });
-    client.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
-    client.on('close', () => this.onClientClosed());
-    this.log.info({ event: 'connection_opened' }, 'connection opened');
   }
 
   get isReady(): boolean {
@@ -191,7 +292,12 @@ export class Session {
     const up = this.upstream;
     up?.cork();
     try {
-      while (this.phase === 'startup' || this.phase === 'authenticating' || this.phase === 'ready') {
+      while (
+        this.phase === 'startup' ||
+        this.phase === 'client_auth' ||
+        this.phase === 'authenticating' ||
+        this.phase === 'ready'
+      ) {
         if (this.phase === 'ready' && this.awaitingExecute) {
           this.updateClientFlow();
           break;
@@ -240,7 +346,31 @@ export class Session {
     switch (packet.type) {
       case 'ssl':
       case 'gssenc':
-        // TLS and GSS encryption are not offered (yet): answer 'N', the client goes on in plaintext.
+        if (this.clientTls) {
+          this.fatal(
+            {
+              code: SqlState.ProtocolViolation,
+              message: 'encryption negotiation on an encrypted connection',
+            },
+            'protocol_violation',
+          );
+          return;
+        }
+        if (packet.type === 'ssl' && this.ctx.clientTls.enabled) {
+          if (this.framer.buffered > 0) {
+            // Bytes sent before the handshake would be read as if they had come
+            // over TLS (CVE-2021-23214).
+            this.fatal(
+              { code: SqlState.ProtocolViolation, message: 'received unencrypted data after SSL request' },
+              'protocol_violation',
+            );
+            return;
+          }
+          this.client.write(Buffer.from('S'));
+          this.startClientTls(undefined, false);
+          return;
+        }
+        // GSS encryption is never offered, nor TLS without a certificate: 'N', and the client goes on in plaintext.
         if (++this.negotiations > 2) {
           this.fatal(
             { code: SqlState.ProtocolViolation, message: 'too many encryption negotiation requests' },
@@ -269,6 +399,21 @@ export class Session {
       case 'startup':
         break;
     }
+    if (!this.clientTls && this.ctx.clientTls.mode === 'require') {
+      this.log.warn(
+        { event: 'security', kind: 'plaintext_refused', user: packet.params.get('user') },
+        'plaintext connection refused: TLS is required',
+      );
+      this.fatal(
+        {
+          code: SqlState.InvalidAuthorizationSpecification,
+          message: 'pg-readonly-proxy requires TLS: this connection is not encrypted',
+          hint: 'Connect with sslmode=require (or verify-ca / verify-full).',
+        },
+        'plaintext_refused',
+      );
+      return;
+    }
     const result = sanitiseStartup(packet.params, this.ctx.policy);
     if (!result.ok) {
       const r = result.refusal;
@@ -294,14 +439,121 @@ export class Session {
       // Sessions run protocol 3.0 end to end: tell the client, as a server would.
       this.client.write(encodeNegotiateProtocolVersion(0, s.unsupportedProtocolOptions));
     }
+    this.upstreamParams = s.upstreamParams;
+    if (this.ctx.users) {
+      this.clientAuth = new ClientAuthenticator(s.user, this.ctx.users, this.clientChannelBinding());
+      this.phase = 'client_auth';
+      this.client.write(this.clientAuth.start());
+      return;
+    }
+    this.connect();
+  }
+
+  private connect(): void {
     this.phase = 'connecting';
     this.client.pause();
-    void this.openUpstream(s.upstreamParams);
+    void this.openUpstream(firstAttempt(this.ctx.upstream));
+  }
+
+  /** tls-server-end-point of the certificate this client's handshake used. */
+  private clientChannelBinding(): Buffer | undefined {
+    const cert = this.clientTls?.getCertificate();
+    return cert && 'raw' in cert && Buffer.isBuffer(cert.raw) ? tlsServerEndPoint(cert.raw) : undefined;
+  }
+
+  /** A 'p' message while the proxy itself authenticates the client. */
+  private onClientAuthResponse(msg: Buffer): void {
+    const step = this.clientAuth!.onResponse(msg);
+    switch (step.kind) {
+      case 'reply':
+        this.client.write(step.message);
+        return;
+      case 'failed':
+        this.log.warn(
+          { event: 'security', kind: 'auth_failed', reason: step.reason, user: this.user },
+          `authentication failed: ${step.error.message}`,
+        );
+        return this.fatal(step.error, 'auth_failed');
+      case 'done': {
+        this.clientAuth = undefined;
+        const user = step.user;
+        if (user.databases && !user.databases.has(this.database)) {
+          this.log.warn(
+            { event: 'security', kind: 'database_not_granted', user: this.user, database: this.database },
+            'database not granted to this proxy user',
+          );
+          return this.fatal(
+            {
+              code: SqlState.InsufficientPrivilege,
+              message: `permission denied for database "${this.database}"`,
+              detail: `The proxy user "${user.name}" is not granted this database.`,
+            },
+            'database_not_granted',
+          );
+        }
+        if (step.message) this.client.write(step.message);
+        this.proxyUser = user;
+        this.upstreamParams = this.upstreamParams.map(([k, v]): [string, string] =>
+          k === 'user' ? [k, user.upstreamUser] : [k, v],
+        );
+        this.log.info(
+          { event: 'client_authenticated', user: this.user, upstream_user: user.upstreamUser },
+          'client authenticated by the proxy',
+        );
+        return this.connect();
+      }
+    }
+  }
+
+  /**
+   * Passthrough SCRAM: channel binding ties the client's proof to the TLS
+   * session it sees, which ends at the proxy; the server's TLS session is a
+   * different one. A client that binds (SCRAM-SHA-256-PLUS), or that says it
+   * could have bound ('y') while the server's connection is TLS (the server then
+   * suspects a downgrade), is stopped here with the reason, not with the
+   * server's puzzling error.
+   */
+  private checkPassthroughSasl(msg: Buffer): boolean {
+    const { mechanism, data } = decodeSaslInitialResponse(msg);
+    const binds = mechanism === SCRAM_SHA_256_PLUS;
+    if (!binds && !(data[0] === 0x79 /* y */ && this.upstreamTls)) return true;
+    this.log.warn(
+      { event: 'channel_binding_refused', mechanism, user: this.user },
+      'SCRAM channel binding cannot be relayed',
+    );
+    this.fatal(
+      {
+        code: SqlState.InvalidAuthorizationSpecification,
+        message: 'pg-readonly-proxy cannot relay SCRAM channel binding',
+        detail:
+          "The client's TLS connection ends at the proxy, and the proxy's connection to the server is a different TLS session, so the server cannot check a binding to the client's.",
+        hint: 'Connect with channel_binding=disable, or log in as a proxy-managed user (auth.mode: proxy), whose SCRAM binds to the proxy itself.',
+      },
+      'channel_binding_refused',
+    );
+    return false;
   }
 
   private onClientMessage(code: number, msg: Buffer): void {
+    if (this.phase === 'client_auth') {
+      if (code === FrontendCode.AuthResponse) return this.onClientAuthResponse(msg);
+      if (code === FrontendCode.Terminate) return this.close('client terminated');
+      return this.fatal(
+        {
+          code: SqlState.ProtocolViolation,
+          message: `expected an authentication response, got message type "${String.fromCharCode(code)}"`,
+        },
+        'protocol_violation',
+      );
+    }
     if (this.phase === 'authenticating') {
-      if (code === FrontendCode.AuthResponse) return this.toUpstream(msg);
+      if (code === FrontendCode.AuthResponse) {
+        if (this.expectSaslInitial) {
+          this.expectSaslInitial = false;
+          if (!this.checkPassthroughSasl(msg)) return;
+        }
+        return this.toUpstream(msg);
+      }
       if (code === FrontendCode.Terminate) return this.close('client terminated');
       return this.fatal(
         {
@@ -517,11 +769,31 @@ export class Session {
 
   /* ---------------------------------------------------------------- upstream side */
 
-  private async openUpstream(params: Array<[string, string]>): Promise<void> {
+  private async openUpstream(attempt: Attempt): Promise<void> {
     let socket: Socket;
+    this.upstreamAttempt = attempt;
     try {
-      socket = await connectUpstream(this.ctx.upstream, this.ctx.config.upstreamConnectTimeoutMs);
+      const conn = await connectUpstream(
+        this.ctx.upstream,
+        this.ctx.config.upstreamConnectTimeoutMs,
+        attempt,
+      );
+      socket = conn.socket;
+      this.upstreamTls = conn.tls;
     } catch (err) {
+      const fallback =
+        err instanceof UpstreamConnectError && err.duringTls
+          ? fallbackAttempt(this.ctx.upstream, true)
+          : undefined;
+      if (fallback && !this.upstreamRetried && this.phase === 'connecting') {
+        // sslmode=prefer: the TLS handshake failed, so try without TLS, as libpq does.
+        this.upstreamRetried = true;
+        this.log.info(
+          { event: 'upstream_retry', attempt: fallback, err: (err as Error).message },
+          'retrying upstream',
+        );
+        return this.openUpstream(fallback);
+      }
       const detail = err instanceof UpstreamConnectError ? err.message : String(err);
       this.log.error({ event: 'upstream_connect_failed', err: detail }, 'could not connect to upstream');
       this.fatal(
@@ -540,13 +812,51 @@ export class Session {
     }
     this.upstream = socket;
     this.scanner = new BackendScanner(READY_CODES, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
+    if (this.proxyUser) {
+      const cert = this.upstreamTls && peerCertificateDer(this.upstreamTls);
+      this.upstreamLogin = new UpstreamLogin(
+        this.proxyUser.upstreamUser,
+        this.proxyUser.upstreamPassword,
+        cert ? tlsServerEndPoint(cert) : undefined,
+      );
+    }
     socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
     socket.on('close', () => this.close('upstream closed'));
+    socket.resume();
     this.phase = 'authenticating';
-    socket.write(encodeStartupMessage(params));
+    socket.write(encodeStartupMessage(this.upstreamParams));
     this.updateClientFlow();
     this.pump();
+  }
+
+  /**
+   * sslmode allow / prefer: the server refused the first attempt during startup
+   * (pg_hba.conf wants the other kind of connection), so try the other kind
+   * once, as libpq does. Only while the client has seen nothing of the first.
+   */
+  private retryUpstream(): boolean {
+    if (this.upstreamRetried || this.clientSawAuth || this.phase !== 'authenticating') return false;
+    const fallback = fallbackAttempt(
+      this.ctx.upstream,
+      this.upstreamAttempt !== 'plain' && !!this.upstreamTls,
+    );
+    if (!fallback) return false;
+    this.upstreamRetried = true;
+    this.log.info(
+      { event: 'upstream_retry', attempt: fallback },
+      'server refused the connection: retrying upstream',
+    );
+    const old = this.upstream!;
+    old.removeAllListeners();
+    old.on('error', () => undefined);
+    old.destroy();
+    this.scanner?.halt();
+    this.upstream = undefined;
+    this.upstreamTls = undefined;
+    this.phase = 'connecting';
+    void this.openUpstream(fallback);
+    return true;
   }
 
   private onUpstreamData(chunk: Buffer): void {
@@ -590,6 +900,7 @@ export class Session {
         return this.onParameterStatus(msg);
       case BackendCode.ErrorResponse:
         if (this.phase === 'ready') this.onExecuteAnswered(code, msg);
+        if (this.phase === 'authenticating') return this.onLoginError(msg);
         return this.onUpstreamError(msg);
       case BackendCode.CommandComplete:
       case BackendCode.EmptyQueryResponse:
@@ -601,22 +912,10 @@ export class Session {
         if (this.proxyKey) this.ctx.cancels.release(this.proxyKey.processId);
         this.proxyKey = this.ctx.cancels.issue(this);
         return encodeBackendKeyData(this.proxyKey);
-      case BackendCode.Authentication: {
+      case BackendCode.Authentication:
         if (this.phase !== 'authenticating')
           return this.upstreamViolation('authentication request after login');
-        if (decodeAuthenticationCode(msg) === AuthCode.Ok) {
-          this.log.info(
-            {
-              event: 'authenticated',
-              user: this.user,
-              database: this.database,
-              application_name: this.applicationName,
-            },
-            'authenticated',
-          );
-        }
-        return undefined;
-      }
+        return this.onAuthentication(msg);
       case BackendCode.NegotiateProtocolVersion:
         return null;
       default:
@@ -624,6 +923,70 @@ export class Session {
         return this.upstreamViolation(`unexpected message type "${String.fromCharCode(code)}"`);
     }
   };
+
+  private onAuthentication(msg: Buffer): Verdict {
+    const { code, data } = decodeAuthentication(msg);
+    if (this.upstreamLogin) {
+      // Proxy-managed: the proxy logs in with the operator's credentials; the
+      // client sees none of it, only the AuthenticationOk at the end.
+      let step;
+      try {
+        step = this.upstreamLogin.onRequest(code, data);
+      } catch (err) {
+        return this.upstreamLoginFailed((err as Error).message);
+      }
+      if (step.kind === 'reply') {
+        this.toUpstream(step.message);
+        return null;
+      }
+      if (step.kind === 'wait') return null;
+    } else {
+      this.clientSawAuth = true;
+      if (code === AuthCode.SASL) this.expectSaslInitial = true;
+    }
+    if (code === AuthCode.Ok) {
+      this.log.info(
+        {
+          event: 'authenticated',
+          user: this.user,
+          upstream_user: this.proxyUser?.upstreamUser,
+          database: this.database,
+          application_name: this.applicationName,
+          client_tls: this.clientTls?.getProtocol() ?? false,
+          upstream_tls: this.upstreamTls?.getProtocol() ?? false,
+        },
+        'authenticated',
+      );
+    }
+    return undefined;
+  }
+
+  /** An error from the server before the session is ready. */
+  private onLoginError(msg: Buffer): Verdict {
+    if (this.retryUpstream()) return null;
+    if (!this.upstreamLogin) return undefined; // passthrough: the server's own words
+    const fields = decodeErrorFields(msg);
+    const code = fields.get('C') ?? SqlState.ConnectionFailure;
+    // Authentication failures would name the upstream role: the client gets the
+    // proxy's words, the log gets the server's.
+    if (!code.startsWith('28')) return undefined;
+    return this.upstreamLoginFailed(fields.get('M') ?? 'login refused', code);
+  }
+
+  private upstreamLoginFailed(why: string, code: string = SqlState.ConnectionFailure): Verdict {
+    this.log.error(
+      { event: 'upstream_login_failed', user: this.user, upstream_user: this.proxyUser?.upstreamUser, why },
+      'the upstream server refused the configured login',
+    );
+    this.scanner?.halt();
+    this.closeAfterWrite = 'upstream login failed';
+    return encodeErrorResponse({
+      severity: 'FATAL',
+      code,
+      message: `pg-readonly-proxy: could not log in upstream for user "${this.user}"`,
+      hint: 'The operator should check the upstream credentials configured for this user.',
+    });
+  }
 
   private onReadyForQuery(msg: Buffer): Verdict {
     this.txStatus = decodeReadyForQuery(msg);
@@ -753,16 +1116,19 @@ export class Session {
 
   /* ------------------------------------------------------------------- lifecycle */
 
+  /** Sends the upstream server a CancelRequest for this session, encrypted as the session is. */
   cancelUpstream(): void {
     const key = this.upstreamKey;
     if (!key) return;
-    const target = this.ctx.upstream;
-    const s = target.host.startsWith('/')
-      ? connect({ path: `${target.host}/.s.PGSQL.${target.port}` })
-      : connect({ host: target.host, port: target.port });
-    s.setTimeout(5000, () => s.destroy());
-    s.on('error', (err) => this.log.debug({ err: err.message }, 'cancel connection error'));
-    s.on('connect', () => s.end(encodeCancelRequest(key.processId, key.secretKey)));
+    const attempt = this.upstreamTls ? 'tls' : 'plain';
+    connectUpstream(this.ctx.upstream, 5000, attempt).then(
+      ({ socket }) => {
+        socket.on('error', () => undefined);
+        socket.end(encodeCancelRequest(key.processId, key.secretKey));
+        setTimeout(() => socket.destroy(), 5000).unref();
+      },
+      (err: Error) => this.log.debug({ err: err.message }, 'cancel connection error'),
+    );
     this.log.info({ event: 'cancel_forwarded' }, 'cancel forwarded upstream');
   }
 

@@ -1,53 +1,198 @@
 /**
- * Opening a socket to the upstream PostgreSQL: TCP, or a Unix socket when the
- * host is a directory (as libpq reads PGHOST). Bounded by a connect timeout.
+ * Opening a connection to the upstream PostgreSQL: TCP, or a Unix socket when
+ * the host is a directory (as libpq reads PGHOST), with TLS negotiated as
+ * libpq's sslmode says. Bounded by a connect timeout.
+ *
+ * One call makes one attempt. The fallbacks of sslmode=allow (plaintext, then
+ * TLS) and prefer (TLS, then plaintext) happen when the server refuses the
+ * first attempt during startup; the session drives them (see `fallbackAttempt`).
  */
-import { connect, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { connect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, rootCertificates, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import type { UpstreamTarget } from '../config/config.js';
+import { encodeSslRequest } from '../protocol/frontend-messages.js';
+
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+
+/** How the upstream connection is encrypted and checked: libpq's names and meanings. */
+export interface UpstreamTls {
+  sslmode: SslMode;
+  /** A PEM file of trusted CAs, or 'system' for the system's trust store (then verify-full only). */
+  sslrootcert?: string;
+  /** Client certificate and key (PEM files) for servers that ask for one. */
+  sslcert?: string;
+  sslkey?: string;
+  /** 'postgres': SSLRequest first; 'direct': TLS at once with ALPN (PostgreSQL 17+). */
+  sslnegotiation: 'postgres' | 'direct';
+}
+
+/** What one attempt asks for: no TLS, TLS or fail, or TLS if the server offers it. */
+export type Attempt = 'plain' | 'tls' | 'tls-if-offered';
+
+export interface UpstreamConnection {
+  socket: Socket;
+  /** The TLS socket when the connection is encrypted. */
+  tls: TLSSocket | undefined;
+}
 
 export class UpstreamConnectError extends Error {
   constructor(
     message: string,
     readonly code: string,
+    /** The failure came during TLS negotiation (sslmode=prefer then retries without TLS). */
+    readonly duringTls = false,
   ) {
     super(message);
     this.name = 'UpstreamConnectError';
   }
 }
 
-export function describeTarget(t: UpstreamTarget): string {
-  return t.host.startsWith('/') ? `${t.host}/.s.PGSQL.${t.port}` : `${t.host}:${t.port}`;
+export function describeTarget(t: Pick<UpstreamTarget, 'host' | 'port'>): string {
+  return isUnixSocket(t) ? `${t.host}/.s.PGSQL.${t.port}` : `${t.host}:${t.port}`;
 }
 
-export function connectUpstream(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
+function isUnixSocket(t: Pick<UpstreamTarget, 'host'>): boolean {
+  return t.host.startsWith('/');
+}
+
+/** The first attempt for an sslmode. Unix sockets never use TLS, as with libpq. */
+export function firstAttempt(target: UpstreamTarget): Attempt {
+  if (isUnixSocket(target)) return 'plain';
+  switch (target.tls.sslmode) {
+    case 'disable':
+    case 'allow':
+      return 'plain';
+    case 'prefer':
+      return 'tls-if-offered';
+    default:
+      return 'tls';
+  }
+}
+
+/**
+ * The second attempt libpq makes when the server refuses the first during
+ * startup: sslmode=allow retries with TLS, sslmode=prefer without it.
+ */
+export function fallbackAttempt(target: UpstreamTarget, firstWasTls: boolean): Attempt | undefined {
+  if (isUnixSocket(target)) return undefined;
+  if (target.tls.sslmode === 'allow' && !firstWasTls) return 'tls';
+  if (target.tls.sslmode === 'prefer' && firstWasTls) return 'plain';
+  return undefined;
+}
+
+/** Files are read at each connection, so a rotated certificate or CA bundle is picked up. */
+function tlsOptions(target: UpstreamTarget): ConnectionOptions {
+  const t = target.tls;
+  const ip = isIP(target.host) !== 0;
+  // libpq: sslmode=require with a root certificate behaves as verify-ca.
+  const verifyChain =
+    t.sslmode === 'verify-ca' || t.sslmode === 'verify-full' || (t.sslmode === 'require' && !!t.sslrootcert);
+  const opts: ConnectionOptions = {
+    host: target.host,
+    // SNI as libpq sends it (sslsni=1): the host name, never an address.
+    servername: ip ? undefined : target.host,
+    ALPNProtocols: ['postgresql'],
+    minVersion: 'TLSv1.2',
+    rejectUnauthorized: verifyChain,
+  };
+  if (verifyChain && t.sslrootcert) {
+    opts.ca = t.sslrootcert === 'system' ? [...rootCertificates] : readFileSync(t.sslrootcert);
+  }
+  // verify-ca checks the chain only; verify-full (Node's default check) the name too.
+  if (t.sslmode !== 'verify-full') opts.checkServerIdentity = () => undefined;
+  if (t.sslcert) opts.cert = readFileSync(t.sslcert);
+  if (t.sslkey) opts.key = readFileSync(t.sslkey);
+  return opts;
+}
+
+/** Opens the socket and, as the attempt asks, negotiates TLS. */
+export function connectUpstream(
+  target: UpstreamTarget,
+  timeoutMs: number,
+  attempt: Attempt = firstAttempt(target),
+): Promise<UpstreamConnection> {
+  const where = describeTarget(target);
   return new Promise((resolve, reject) => {
-    const socket = target.host.startsWith('/')
+    let done = false;
+    let current: Socket;
+    let negotiating = false;
+    const fail = (message: string, code: string): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      current.destroy();
+      reject(new UpstreamConnectError(message, code, negotiating));
+    };
+    const succeed = (conn: UpstreamConnection): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      conn.socket.removeAllListeners('error');
+      resolve(conn);
+    };
+    const raw = isUnixSocket(target)
       ? connect({ path: `${target.host}/.s.PGSQL.${target.port}` })
       : connect({ host: target.host, port: target.port });
-    socket.setNoDelay(true);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(
-        new UpstreamConnectError(
-          `timed out after ${timeoutMs} ms connecting to ${describeTarget(target)}`,
-          'ETIMEDOUT',
-        ),
+    current = raw;
+    raw.setNoDelay(true);
+    const timer = setTimeout(
+      () => fail(`timed out after ${timeoutMs} ms connecting to ${where}`, 'ETIMEDOUT'),
+      timeoutMs,
+    );
+    raw.on('error', (err: NodeJS.ErrnoException) =>
+      fail(`${err.code ?? 'error'} connecting to ${where}`, err.code ?? 'EUNKNOWN'),
+    );
+
+    const startTls = (): void => {
+      let opts: ConnectionOptions;
+      try {
+        opts = tlsOptions(target);
+      } catch (err) {
+        fail(`cannot read TLS files for ${where}: ${(err as Error).message}`, 'ETLSCONFIG');
+        return;
+      }
+      const tls = tlsConnect({ ...opts, socket: raw });
+      current = tls;
+      tls.on('error', (err: NodeJS.ErrnoException) =>
+        fail(`TLS with ${where} failed: ${err.message}`, err.code ?? 'ETLS'),
       );
-    }, timeoutMs);
-    const onError = (err: NodeJS.ErrnoException): void => {
-      clearTimeout(timer);
-      reject(
-        new UpstreamConnectError(
-          `${err.code ?? 'error'} connecting to ${describeTarget(target)}`,
-          err.code ?? 'EUNKNOWN',
-        ),
-      );
+      tls.once('secureConnect', () => {
+        if (target.tls.sslnegotiation === 'direct' && tls.alpnProtocol !== 'postgresql') {
+          fail(`${where} did not accept the ALPN protocol "postgresql"`, 'EALPN');
+          return;
+        }
+        tls.setNoDelay(true);
+        succeed({ socket: tls, tls });
+      });
     };
-    socket.once('error', onError);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
+
+    raw.once('connect', () => {
+      if (attempt === 'plain') return succeed({ socket: raw, tls: undefined });
+      negotiating = true;
+      if (target.tls.sslnegotiation === 'direct') return startTls();
+      raw.write(encodeSslRequest());
+      raw.once('data', (chunk: Buffer) => {
+        raw.pause();
+        const answer = chunk[0];
+        if (chunk.length > 1) {
+          // Bytes after the answer arrived unencrypted: a man in the middle may
+          // be injecting them (CVE-2021-23222).
+          return fail(`${where} sent unencrypted data after its answer to SSLRequest`, 'EPROTO');
+        }
+        if (answer === 0x53 /* S */) return startTls();
+        // Left paused: the session resumes it once it listens.
+        if (answer === 0x4e /* N */ && attempt === 'tls-if-offered')
+          return succeed({ socket: raw, tls: undefined });
+        if (answer === 0x4e) return fail(`${where} does not support TLS, but sslmode requires it`, 'ENOTLS');
+        return fail(`${where} answered SSLRequest with an unexpected byte`, 'EPROTO');
+      });
     });
   });
+}
+
+/** The certificate the upstream server presented, DER-encoded (for channel binding). */
+export function peerCertificateDer(tls: TLSSocket): Buffer | undefined {
+  const cert = tls.getPeerCertificate();
+  return cert && 'raw' in cert && Buffer.isBuffer(cert.raw) ? cert.raw : undefined;
 }

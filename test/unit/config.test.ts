@@ -13,6 +13,11 @@ import {
   validateRawConfig,
 } from '../../src/config/config.js';
 
+/** Host and port of a resolved upstream (its TLS settings are tested on their own). */
+function addr(u: { host: string; port: number } | undefined): { host: string; port: number } | undefined {
+  return u && { host: u.host, port: u.port };
+}
+
 /** Validates and returns the error message (or fails if it validated). */
 function errorOf(raw: unknown): string {
   try {
@@ -177,7 +182,7 @@ describe('resolveConfig: file < PGHOST/PGPORT < flags', () => {
     ];
   for (const [name, args, want] of cases) {
     test(name, () => {
-      assert.deepEqual(resolveConfig(...args).upstream, want);
+      assert.deepEqual(addr(resolveConfig(...args).upstream), want);
     });
   }
 
@@ -192,7 +197,7 @@ describe('resolveConfig: file < PGHOST/PGPORT < flags', () => {
 
   test('PGPORT beats the file port', {}, () => {
     const raw = validateRawConfig({ upstream: { host: 'h', port: 6000 } }, 'f');
-    assert.deepEqual(resolveConfig(raw, {}, { PGPORT: '7000' }).upstream, { host: 'h', port: 7000 });
+    assert.deepEqual(addr(resolveConfig(raw, {}, { PGPORT: '7000' }).upstream), { host: 'h', port: 7000 });
   });
 
   test('bad PGPORT with PGHOST is refused', () => {
@@ -275,7 +280,7 @@ describe('parseUpstreamUrl', () => {
     ['postgres://%2Fvar%2Frun%2Fpostgresql:5433', { host: '/var/run/postgresql', port: 5433 }],
   ];
   for (const [url, want] of ok) {
-    test(`accepts ${url}`, () => assert.deepEqual(parseUpstreamUrl(url, '--upstream'), want));
+    test(`accepts ${url}`, () => assert.deepEqual(addr(parseUpstreamUrl(url, '--upstream')), want));
   }
   const bad: Array<[string, RegExp]> = [
     ['postgres://user:pass@h:5432', /--upstream: credentials do not belong/],
@@ -297,7 +302,7 @@ describe('parseUpstreamUrl', () => {
     });
   }
   test('query parameters it does not apply are refused, not silently ignored', {}, () => {
-    for (const url of ['postgres://h?sslmode=require', 'postgres://h?port=7']) {
+    for (const url of ['postgres://h?sslfoo=require', 'postgres://h?port=7', 'postgres://h?sslpassword=x']) {
       let got: unknown;
       try {
         got = parseUpstreamUrl(url, '--upstream');
@@ -371,5 +376,150 @@ describe('readConfigFile', () => {
     const raw = readConfigFile(example);
     const c = resolveConfig(raw, {}, {});
     assert.ok(c.listen.port > 0);
+  });
+});
+
+describe('upstream TLS: libpq parameters from the URL, the file and PGSSL* variables', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pgro-tls-config-'));
+  const ca = join(dir, 'ca.pem');
+  writeFileSync(ca, 'not parsed here');
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const tlsOf = (...args: Parameters<typeof resolveConfig>): unknown => resolveConfig(...args).upstream?.tls;
+
+  const cases: Array<[string, Parameters<typeof resolveConfig>, unknown]> = [
+    [
+      'libpq default: prefer',
+      [{}, { upstream: 'postgres://h' }, {}],
+      { sslmode: 'prefer', sslnegotiation: 'postgres' },
+    ],
+    [
+      'URL parameters',
+      [{}, { upstream: `postgres://h?sslmode=verify-full&sslrootcert=${ca}&sslnegotiation=direct` }, {}],
+      { sslmode: 'verify-full', sslrootcert: ca, sslnegotiation: 'direct' },
+    ],
+    [
+      'file keys',
+      [validateRawConfig({ upstream: { host: 'h', sslmode: 'verify-ca', sslrootcert: ca } }, 'f'), {}, {}],
+      { sslmode: 'verify-ca', sslrootcert: ca, sslnegotiation: 'postgres' },
+    ],
+    [
+      'PGSSLMODE beats the file',
+      [validateRawConfig({ upstream: { host: 'h', sslmode: 'disable' } }, 'f'), {}, { PGSSLMODE: 'require' }],
+      { sslmode: 'require', sslnegotiation: 'postgres' },
+    ],
+    [
+      'a --upstream URL is taken whole: PGSSLMODE does not change it',
+      [{}, { upstream: 'postgres://h?sslmode=disable' }, { PGSSLMODE: 'require' }],
+      { sslmode: 'disable', sslnegotiation: 'postgres' },
+    ],
+    [
+      'sslrootcert system with verify-full',
+      [{}, { upstream: 'postgres://h?sslmode=verify-full&sslrootcert=system' }, {}],
+      {
+        sslmode: 'verify-full',
+        sslrootcert: 'system',
+        sslnegotiation: 'postgres',
+      },
+    ],
+  ];
+  for (const [name, args, want] of cases) test(name, () => assert.deepEqual(tlsOf(...args), want));
+
+  const bad: Array<[string, Parameters<typeof resolveConfig>, RegExp]> = [
+    [
+      'verify-full without a CA',
+      [{}, { upstream: 'postgres://h?sslmode=verify-full' }, {}],
+      /needs sslrootcert/,
+    ],
+    ['verify-ca without a CA', [{}, {}, { PGHOST: 'h', PGSSLMODE: 'verify-ca' }], /needs sslrootcert/],
+    [
+      'system store with verify-ca',
+      [{}, { upstream: 'postgres://h?sslmode=verify-ca&sslrootcert=system' }, {}],
+      /needs sslmode verify-full/,
+    ],
+    [
+      'direct with prefer',
+      [{}, { upstream: 'postgres://h?sslnegotiation=direct' }, {}],
+      /sslnegotiation direct needs/,
+    ],
+    ['unknown sslmode', [{}, { upstream: 'postgres://h?sslmode=on' }, {}], /sslmode: must be one of/],
+    ['unknown PGSSLMODE', [{}, {}, { PGHOST: 'h', PGSSLMODE: 'yes' }], /PGSSLMODE: must be one of/],
+    [
+      'missing CA file',
+      [{}, { upstream: 'postgres://h?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem' }, {}],
+      /nonexistent/,
+    ],
+    [
+      'cert without key',
+      [{}, { upstream: `postgres://h?sslmode=require&sslcert=${ca}` }, {}],
+      /sslcert and sslkey go together/,
+    ],
+  ];
+  for (const [name, args, re] of bad) {
+    test(`refused: ${name}`, () =>
+      assert.throws(
+        () => resolveConfig(...args),
+        (e: unknown) => e instanceof ConfigError && re.test(e.message),
+      ));
+  }
+  test('schema: an unknown sslmode in the file names the key', () => {
+    assert.match(errorOf({ upstream: { sslmode: 'on' } }), /upstream\.sslmode: must be one of/);
+  });
+});
+
+describe('client TLS and auth resolution', () => {
+  test('client TLS: disable without a certificate, allow with one, flags beat the file', () => {
+    assert.equal(resolveConfig({}, {}, {}).clientTls.mode, 'disable');
+    const withCert = resolveConfig({}, { tlsCert: 'c.pem', tlsKey: 'k.pem' }, {}).clientTls;
+    assert.deepEqual(withCert, { mode: 'allow', certFile: 'c.pem', keyFile: 'k.pem', minVersion: 'TLSv1.2' });
+    const raw = validateRawConfig(
+      { client_tls: { mode: 'require', cert_file: 'a', key_file: 'b', min_version: 'TLSv1.3' } },
+      'f',
+    );
+    assert.deepEqual(resolveConfig(raw, { clientTls: 'allow' }, {}).clientTls, {
+      mode: 'allow',
+      certFile: 'a',
+      keyFile: 'b',
+      minVersion: 'TLSv1.3',
+    });
+  });
+  const bad: Array<[string, Parameters<typeof resolveConfig>, RegExp]> = [
+    ['require without a certificate', [{}, { clientTls: 'require' }, {}], /needs a certificate/],
+    ['a certificate without its key', [{}, { tlsCert: 'c.pem' }, {}], /go together/],
+    [
+      'an unknown --client-tls',
+      [{}, { clientTls: 'on', tlsCert: 'c', tlsKey: 'k' }, {}],
+      /--client-tls: must be one of/,
+    ],
+    [
+      'users in passthrough mode',
+      [validateRawConfig({ auth: { users_file: 'u.yaml' } }, 'f'), {}, {}],
+      /need auth\.mode: proxy/,
+    ],
+    [
+      'proxy mode without users',
+      [validateRawConfig({ auth: { mode: 'proxy' } }, 'f'), {}, {}],
+      /needs users/,
+    ],
+  ];
+  for (const [name, args, re] of bad) {
+    test(`refused: ${name}`, () =>
+      assert.throws(
+        () => resolveConfig(...args),
+        (e: unknown) => e instanceof ConfigError && re.test(e.message),
+      ));
+  }
+  test('schema: a user needs password, upstream_user and databases', () => {
+    assert.match(
+      errorOf({ auth: { mode: 'proxy', users: { a: { password: 'x' } } } }),
+      /auth\.users\.a: must have required property/,
+    );
+    assert.match(
+      errorOf({
+        auth: {
+          users: { a: { password: 'x', upstream_user: 'u', databases: ['d'], upstream_pasword_env: 'X' } },
+        },
+      }),
+      /auth\.users\.a\.upstream_pasword_env: unknown key/,
+    );
   });
 });
