@@ -32,11 +32,10 @@ Usage:
 Options:
   -c, --config FILE        YAML configuration (see config.example.yaml)
   -l, --listen HOST:PORT   where clients connect (default 127.0.0.1:6432)
-  -u, --upstream URL       postgres://HOST:PORT of the server to protect
-                           (PGHOST / PGPORT are read too); with none, an embedded
-                           PostgreSQL with demo data is started
-                           with ?sslmode=...&sslrootcert=... as in libpq
-                           (PGSSLMODE, PGSSLROOTCERT, ... are read too)
+  -u, --upstream URL       postgres://HOST:PORT of the server to protect, with
+                           ?sslmode=...&sslrootcert=... as in libpq (PGHOST,
+                           PGPORT, PGSSLMODE, PGSSLROOTCERT, ... are read too);
+                           with none, an embedded PostgreSQL with demo data is started
       --tls-cert FILE      certificate (PEM) for clients' TLS
       --tls-key FILE       its private key (PEM)
       --client-tls MODE    disable, allow or require (default: allow with a
@@ -45,6 +44,9 @@ Options:
       --log-level LEVEL    fatal, error, warn, info, debug, trace or silent
   -h, --help               show this help
   -v, --version            show the version
+
+Signals: SIGTERM / SIGINT shut down gracefully; SIGHUP rereads the TLS
+certificate, the users file and upstream password files.
 `;
 
 interface Args {

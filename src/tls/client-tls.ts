@@ -7,12 +7,9 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { ConfigError, type ClientTlsConfig, type ClientTlsMode } from '../config/config.js';
-import { tlsServerEndPoint } from '../auth/channel-binding.js';
 
 interface Loaded {
   context: SecureContext;
-  /** tls-server-end-point data of this certificate, for SCRAM-SHA-256-PLUS; undefined when its algorithm has none. */
-  channelBinding: Buffer | undefined;
   subject: string;
   validTo: string;
   fingerprint256: string;
@@ -35,10 +32,6 @@ export class ClientTls {
 
   get context(): SecureContext | undefined {
     return this.loaded?.context;
-  }
-
-  get channelBinding(): Buffer | undefined {
-    return this.loaded?.channelBinding;
   }
 
   /** What is loaded, for log lines. */
@@ -77,7 +70,6 @@ function load(c: ClientTlsConfig): Loaded {
   }
   return {
     context,
-    channelBinding: tlsServerEndPoint(leaf.raw),
     subject: leaf.subject.replace(/\n/g, ', '),
     validTo: leaf.validTo,
     fingerprint256: leaf.fingerprint256,
