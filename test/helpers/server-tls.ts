@@ -73,7 +73,11 @@ async function sql(statements: string[]): Promise<void> {
  * certificates signed by it are accepted (for `cert` lines in pg_hba.conf).
  * Returns a function that turns TLS off again.
  */
-export async function serveTls(files: { cert: string; key: string; ca?: string }): Promise<() => Promise<void>> {
+export async function serveTls(files: {
+  cert: string;
+  key: string;
+  ca?: string;
+}): Promise<() => Promise<void>> {
   const dir = dataDir();
   const cert = path.join(dir, 'test-server.crt');
   const key = path.join(dir, 'test-server.key');
