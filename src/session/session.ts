@@ -27,6 +27,9 @@ import { BackendScanner, codeSet, type Verdict } from '../protocol/backend-scann
 import {
   decodeAuthentication,
   decodeBackendKeyData,
+  decodeSaslMechanisms,
+  encodeAuthentication,
+  encodeSaslMechanisms,
   decodeErrorFields,
   decodeParameterStatus,
   decodeReadyForQuery,
@@ -942,7 +945,16 @@ export class Session {
       if (step.kind === 'wait') return null;
     } else {
       this.clientSawAuth = true;
-      if (code === AuthCode.SASL) this.expectSaslInitial = true;
+      if (code === AuthCode.SASL) {
+        this.expectSaslInitial = true;
+        // Over plaintext a client must not be offered channel binding: libpq
+        // takes the offer as a sign that TLS was stripped, and refuses.
+        const mechanisms = decodeSaslMechanisms(data);
+        if (!this.clientTls && mechanisms.includes(SCRAM_SHA_256_PLUS)) {
+          const plain = mechanisms.filter((m) => m !== SCRAM_SHA_256_PLUS);
+          return encodeAuthentication(AuthCode.SASL, encodeSaslMechanisms(plain));
+        }
+      }
     }
     if (code === AuthCode.Ok) {
       this.log.info(

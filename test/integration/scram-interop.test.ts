@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { chownSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -43,6 +43,7 @@ import {
   encodeTerminateMessage,
   errorFields,
 } from '../helpers/raw-client.js';
+import { serveTls } from '../helpers/server-tls.js';
 import { frame } from '../helpers/wire.js';
 
 const PREFIX = 'scram_interop_';
@@ -620,75 +621,23 @@ describe('libpq logs in to our ScramServer', { skip: hasPsql ? false : NO_PSQL }
 describe('our ScramClient logs in to PostgreSQL over TLS with channel binding', () => {
   const role = `${PREFIX}tls`;
   const password = 'pä\u00a0ss-tls';
-  const files = { cert: '', key: '' };
+  let undoTls: (() => Promise<void>) | undefined;
 
-  /** The certificate the server presents now (undefined while it does not do TLS). */
-  async function served(): Promise<string | undefined> {
-    const s = testServer();
-    const wire = new Wire(await tcp(s.host, s.port));
-    try {
-      wire.send(encodeSslRequest());
-      if ((await wire.take(1)).toString('latin1') !== 'S') return undefined;
-      wire.detach();
-      const t = tlsConnect({ socket: wire.socket as Socket, rejectUnauthorized: false });
-      await once(t, 'secureConnect');
-      const fingerprint = t.getPeerX509Certificate()?.fingerprint256;
-      t.destroy();
-      return fingerprint;
-    } finally {
-      wire.socket.destroy();
-    }
-  }
-
-  /** Points the server at this certificate and waits until new connections get it. */
+  /** Points the server at this certificate; serveTls waits until new connections get it. */
   async function serve(cert: Cert): Promise<void> {
-    writeFileSync(files.cert, cert.cert);
-    writeFileSync(files.key, cert.key, { mode: 0o600 });
-    if (process.getuid?.() === 0) {
-      // PostgreSQL runs as the data directory's owner and wants to own its key
-      const { uid, gid } = statSync(path.dirname(files.key));
-      chownSync(files.cert, uid, gid);
-      chownSync(files.key, uid, gid);
-    }
-    const d = await direct();
-    try {
-      await d.query('ALTER SYSTEM SET ssl = on');
-      await d.query(`ALTER SYSTEM SET ssl_cert_file = ${d.escapeLiteral(files.cert)}`);
-      await d.query(`ALTER SYSTEM SET ssl_key_file = ${d.escapeLiteral(files.key)}`);
-      await d.query('SELECT pg_reload_conf()');
-    } finally {
-      await d.end();
-    }
-    const want = new X509Certificate(cert.cert).fingerprint256;
-    const deadline = Date.now() + 10_000;
-    while ((await served()) !== want) {
-      assert.ok(Date.now() < deadline, `the server did not take up certificate ${cert.name} (see its log)`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const undo = await serveTls({
+      cert: path.join(tmp, `${cert.name}.crt`),
+      key: path.join(tmp, `${cert.name}.key`),
+    });
+    undoTls ??= undo;
   }
 
   before(async () => {
-    const dataDir = process.env.TEST_PG_DATA;
-    assert.ok(dataDir, 'scripts/run-tests.ts passes TEST_PG_DATA');
-    files.cert = path.join(dataDir, 'scram-interop.crt');
-    files.key = path.join(dataDir, 'scram-interop.key');
     await createRole(role, password, 'scram-sha-256');
   });
 
   after(async () => {
-    const d = await direct();
-    try {
-      for (const setting of ['ssl', 'ssl_cert_file', 'ssl_key_file'])
-        await d.query(`ALTER SYSTEM RESET ${setting}`);
-      await d.query('SELECT pg_reload_conf()');
-    } finally {
-      await d.end();
-    }
-    const deadline = Date.now() + 10_000;
-    while ((await served()) !== undefined && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 50));
-    rmSync(files.cert, { force: true });
-    rmSync(files.key, { force: true });
+    await undoTls?.();
   });
 
   for (const cert of [certs.rsaSha256, certs.ecP384Sha384, certs.rsaPssSha512]) {
