@@ -85,9 +85,10 @@ export function fallbackAttempt(target: UpstreamTarget, firstWasTls: boolean): A
 function tlsOptions(target: UpstreamTarget): ConnectionOptions {
   const t = target.tls;
   const ip = isIP(target.host) !== 0;
-  // libpq: sslmode=require with a root certificate behaves as verify-ca.
-  const verifyChain =
-    t.sslmode === 'verify-ca' || t.sslmode === 'verify-full' || (t.sslmode === 'require' && !!t.sslrootcert);
+  // libpq checks the chain whenever a root certificate is given: sslmode=require
+  // then behaves as verify-ca, and allow / prefer fail the handshake (and so fall
+  // back to plaintext) on a certificate it does not trust.
+  const verifyChain = t.sslmode === 'verify-ca' || t.sslmode === 'verify-full' || !!t.sslrootcert;
   const opts: ConnectionOptions = {
     host: target.host,
     // SNI as libpq sends it (sslsni=1): the host name, never an address.

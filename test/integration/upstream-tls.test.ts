@@ -90,7 +90,7 @@ const CERT_PROBLEM = /certificate|cert's/;
 
 type Expect =
   | { ssl: boolean; retry?: 'tls' | 'plain' }
-  | { sqlstate: '28000'; message: RegExp }
+  | { sqlstate: '28000'; message: RegExp; retry?: 'tls' | 'plain' }
   | { sqlstate: '08006'; detail: RegExp };
 
 interface Row {
@@ -136,7 +136,11 @@ async function check(
       }
       return true;
     });
-    assert.deepEqual(events(p, 'upstream_retry'), [], 'no fallback for these modes');
+    assert.deepEqual(
+      events(p, 'upstream_retry').map((l) => l.attempt),
+      'retry' in expect && expect.retry ? [expect.retry] : [],
+      'upstream_retry logged exactly when a fallback happened',
+    );
     assert.equal(events(p, 'authenticated').length, 0);
   });
 }
@@ -315,6 +319,24 @@ describe('a server with TLS', () => {
         user: TLS_ONLY,
         tls: { sslmode: 'require', sslrootcert: certs.otherCa.cert },
         expect: { sqlstate: '08006', detail: CERT_PROBLEM },
+      },
+      {
+        name: 'prefer with sslrootcert of an unrelated CA: the chain is checked, so plaintext (as libpq)',
+        user: PLAIN_ONLY,
+        tls: { sslmode: 'prefer', sslrootcert: certs.otherCa.cert },
+        expect: { ssl: false, retry: 'plain' },
+      },
+      {
+        name: 'prefer with sslrootcert of an unrelated CA, TLS-only role: plaintext is all that is left, refused',
+        user: TLS_ONLY,
+        tls: { sslmode: 'prefer', sslrootcert: certs.otherCa.cert },
+        expect: { sqlstate: '28000', message: refusedPlain(TLS_ONLY), retry: 'plain' },
+      },
+      {
+        name: 'allow with sslrootcert of the right CA, TLS-only role: plaintext refused, then checked TLS',
+        user: TLS_ONLY,
+        tls: { sslmode: 'allow', sslrootcert: certs.ca.cert },
+        expect: { ssl: true, retry: 'tls' },
       },
       {
         name: 'require with sslrootcert of the right CA: works',
