@@ -12,7 +12,7 @@ import {
   type ProxyConfig,
   type UpstreamTarget,
 } from './config/config.js';
-import { createLogger } from './observability/logger.js';
+import { createLogger, type Logger } from './observability/logger.js';
 import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
 import { ProxyServer } from './server.js';
 import { describeTarget } from './upstream/connect.js';
@@ -147,6 +147,16 @@ async function runHashPassword(args: Args): Promise<number> {
 async function runProxy(args: Args): Promise<void> {
   const config = loadConfig(args);
   const logger = createLogger(config.logLevel);
+  // SIGHUP's default action ends the process: take it over before anything slow
+  // (the embedded PostgreSQL) starts; it reloads once the server exists.
+  const hooks: { reload?: () => void } = {};
+  process.on('SIGHUP', () => {
+    logger.info(
+      { signal: 'SIGHUP' },
+      hooks.reload ? 'signal received: reloading' : 'signal received before start: ignored',
+    );
+    hooks.reload?.();
+  });
   await loadParser();
   const policy = createPolicy(config.policy);
 
@@ -210,6 +220,7 @@ async function runProxy(args: Args): Promise<void> {
     'listening',
   );
   if (banner) process.stderr.write(banner(addr));
+  warnAboutUpstreamCredentials(config, upstream, logger);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
@@ -227,12 +238,24 @@ async function runProxy(args: Args): Promise<void> {
     process.exitCode = 0;
     setTimeout(() => process.exit(0), 200).unref();
   };
-  process.on('SIGHUP', () => {
-    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading');
-    server.reload();
-  });
+  hooks.reload = () => void server.reload();
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+/**
+ * Proxy-managed users' upstream passwords go to whatever answers at the upstream
+ * address: without a verified certificate, a man in the middle could ask for them.
+ */
+function warnAboutUpstreamCredentials(config: ProxyConfig, upstream: UpstreamTarget, logger: Logger): void {
+  if (config.auth.mode !== 'proxy') return;
+  const local = upstream.host.startsWith('/') || ['127.0.0.1', '::1', 'localhost'].includes(upstream.host);
+  const verified = upstream.tls.sslmode === 'verify-ca' || upstream.tls.sslmode === 'verify-full';
+  if (local || verified) return;
+  logger.warn(
+    { event: 'config_warning', upstream_sslmode: upstream.tls.sslmode },
+    'proxy-managed users log in upstream without a verified server certificate: a man in the middle could collect the upstream passwords. Use upstream sslmode verify-full (and require_auth: [scram-sha-256]).',
+  );
 }
 
 function hostForUrl(host: string): string {

@@ -37,6 +37,8 @@ export class ProxyServer {
       cancels: new CancelRegistry(),
       clientTls: new ClientTls(opts.config.clientTls),
       users: opts.config.auth.mode === 'proxy' ? new UserDirectory(opts.config.auth) : undefined,
+      upstreamRequireAuth:
+        opts.config.auth.upstreamRequireAuth && new Set(opts.config.auth.upstreamRequireAuth),
       onClose: (s) => this.sessions.delete(s),
     };
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));

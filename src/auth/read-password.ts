@@ -23,6 +23,7 @@ function ask(prompt: string): Promise<string> {
     let typed = '';
     const done = (err?: Error): void => {
       stdin.off('data', onData);
+      stdin.off('end', onEnd);
       stdin.setRawMode(false);
       stdin.pause();
       process.stderr.write('\n');
@@ -33,10 +34,13 @@ function ask(prompt: string): Promise<string> {
       for (const ch of chunk.toString('utf8')) {
         if (ch === '\r' || ch === '\n') return done();
         if (ch === '\u0003') return done(new ConfigError('interrupted'));
+        if (ch === '\u0004') return done(); // Ctrl-D: end of input
         if (ch === '\u007f' || ch === '\b') typed = [...typed].slice(0, -1).join('');
-        else typed += ch;
+        else if (ch >= ' ' || ch === '\t') typed += ch; // other control keys are not part of a password
       }
     };
+    const onEnd = (): void => done();
     stdin.on('data', onData);
+    stdin.once('end', onEnd);
   });
 }

@@ -11,7 +11,8 @@
  * offers binding is refused, as that is what a man in the middle stripping
  * SCRAM-SHA-256-PLUS from the list looks like. Passwords go through SASLprep.
  */
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, pbkdf2, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
 import { SqlState } from '../protocol/sqlstate.js';
 import { saslprep } from './saslprep.js';
 
@@ -23,6 +24,8 @@ const DEFAULT_ITERATIONS = 4096;
 const DEFAULT_SALT_LENGTH = 16;
 const NONCE_BYTES = 18;
 const MAX_ITERATIONS = 0x7fffffff;
+/** What the proxy, as a client, will compute for a server: 100 times PostgreSQL's default (about 0.2 s of one core). */
+const MAX_SERVER_ITERATIONS = 409_600;
 const CHANNEL_BINDING_TYPE = 'tls-server-end-point';
 /** gs2 headers: without channel binding ("n": not supported, "y": supported but not offered), and with. */
 const GS2_NO_BINDING = { n: 'n,,', y: 'y,,' } as const;
@@ -63,15 +66,37 @@ function xor(a: Buffer, b: Buffer): Buffer {
   return out;
 }
 
-/** StoredKey and ServerKey (and ClientKey, for the client) of a password. */
-function deriveKeys(
-  password: string,
-  salt: Buffer,
-  iterations: number,
-): { clientKey: Buffer; storedKey: Buffer; serverKey: Buffer } {
-  const salted = pbkdf2Sync(Buffer.from(saslprep(password), 'utf8'), salt, iterations, KEY_LENGTH, 'sha256');
+const pbkdf2Async = promisify(pbkdf2);
+
+interface Keys {
+  clientKey: Buffer;
+  storedKey: Buffer;
+  serverKey: Buffer;
+}
+
+function keysOf(salted: Buffer): Keys {
   const clientKey = hmac(salted, 'Client Key');
   return { clientKey, storedKey: sha256(clientKey), serverKey: hmac(salted, 'Server Key') };
+}
+
+/** StoredKey and ServerKey (and ClientKey, for the client) of a password. */
+function deriveKeys(password: string, salt: Buffer, iterations: number): Keys {
+  return keysOf(pbkdf2Sync(Buffer.from(saslprep(password), 'utf8'), salt, iterations, KEY_LENGTH, 'sha256'));
+}
+
+/**
+ * The same off the event loop: the server chooses the iteration count, and a
+ * hostile one (or a man in the middle) must not stall every other session.
+ */
+async function deriveKeysAsync(password: string, salt: Buffer, iterations: number): Promise<Keys> {
+  const salted = await pbkdf2Async(
+    Buffer.from(saslprep(password), 'utf8'),
+    salt,
+    iterations,
+    KEY_LENGTH,
+    'sha256',
+  );
+  return keysOf(salted);
 }
 
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -212,13 +237,15 @@ export class ScramServer {
     user: string;
     verifier: ScramVerifier | undefined;
     mockSecret: Buffer;
+    /** The iteration count the mock exchange shows: that of the real users, so it does not stand out. */
+    mockIterations?: number;
     channelBinding?: Buffer;
     nonce?: string;
   }) {
     this.user = opts.user;
     this.mock = opts.verifier === undefined;
     this.verifier = opts.verifier ?? {
-      iterations: DEFAULT_ITERATIONS,
+      iterations: opts.mockIterations ?? DEFAULT_ITERATIONS,
       salt: hmac(opts.mockSecret, Buffer.from(opts.user, 'utf8')).subarray(0, DEFAULT_SALT_LENGTH),
       storedKey: randomBytes(KEY_LENGTH),
       serverKey: randomBytes(KEY_LENGTH),
@@ -405,7 +432,7 @@ export class ScramClient {
   private readonly bindingData: Buffer;
   private readonly clientFirstBare: string;
   private readonly clientNonce: string;
-  private state: 'client-first' | 'server-first' | 'server-final' | 'done' = 'client-first';
+  private state: 'client-first' | 'server-first' | 'deriving' | 'server-final' | 'done' = 'client-first';
   private serverSignature: Buffer | undefined;
 
   /**
@@ -453,8 +480,12 @@ export class ScramClient {
     return Buffer.from(this.gs2Header + this.clientFirstBare, 'latin1');
   }
 
-  /** Takes server-first-message (AuthenticationSASLContinue); returns client-final-message with the proof. */
-  clientFinal(serverFirst: Buffer): Buffer {
+  /**
+   * Takes server-first-message (AuthenticationSASLContinue); resolves to
+   * client-final-message with the proof. The key derivation runs in the thread
+   * pool; an iteration count above MAX_SERVER_ITERATIONS is refused.
+   */
+  async clientFinal(serverFirst: Buffer): Promise<Buffer> {
     if (this.state !== 'server-first') throw this.fail(outOfOrder('server-first-message after client-first'));
     try {
       const text = messageText(serverFirst);
@@ -479,8 +510,16 @@ export class ScramClient {
       const iterationText = r.read('i');
       const iterations = /^[0-9]{1,10}$/.test(iterationText) ? Number(iterationText) : 0;
       if (!validIterations(iterations)) throw malformed('Invalid iteration count in server-first-message.');
+      if (iterations > MAX_SERVER_ITERATIONS) {
+        throw new ScramError(
+          'invalid SCRAM response',
+          SqlState.ProtocolViolation,
+          `The server asks for ${iterations} iterations; at most ${MAX_SERVER_ITERATIONS} are accepted.`,
+        );
+      }
       while (!r.atEnd) r.readAny(); // optional extensions, ignored
-      const { clientKey, storedKey, serverKey } = deriveKeys(this.password, salt, iterations);
+      this.state = 'deriving';
+      const { clientKey, storedKey, serverKey } = await deriveKeysAsync(this.password, salt, iterations);
       this.password = '';
       const cbind = Buffer.concat([Buffer.from(this.gs2Header, 'latin1'), this.bindingData]).toString(
         'base64',

@@ -4,7 +4,7 @@
  * and into which databases. Built from the config and an optional users file;
  * rebuilt as a whole on reload, so a bad file leaves the old users in place.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Ajv } from 'ajv';
 import {
@@ -34,15 +34,24 @@ export interface ProxyUser {
 const validateUsersFile = new Ajv({ allErrors: true, strict: true }).compile(usersFileSchema);
 
 export class UserDirectory {
-  /** Seeds the fake salts of the mock exchange run for unknown users. */
-  readonly mockSecret = randomBytes(32);
   private users: Map<string, ProxyUser>;
+  /**
+   * Seeds the fake salts of the mock exchange run for unknown users. Derived from
+   * the verifiers at start (secret, and the same across restarts with the same
+   * users) and kept on reload, so an unknown name's salt is as stable as a real
+   * user's.
+   */
+  readonly mockSecret: Buffer;
+  /** The iteration count most real users have, shown by the mock exchange. */
+  mockIterations = 4096;
 
   constructor(
     private readonly auth: AuthConfig,
     private readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.users = this.build();
+    this.mockSecret = this.deriveMockSecret();
+    this.mockIterations = this.commonIterations();
   }
 
   get allowMd5(): boolean {
@@ -60,6 +69,26 @@ export class UserDirectory {
   /** Reads the users file and upstream passwords again; throws (keeping the old users) on any error. */
   reload(): void {
     this.users = this.build();
+    this.mockIterations = this.commonIterations();
+  }
+
+  private scramVerifiers(): ScramVerifier[] {
+    return [...this.users.values()].flatMap((u) => (u.verifier.kind === 'scram' ? [u.verifier.scram] : []));
+  }
+
+  private deriveMockSecret(): Buffer {
+    const verifiers = this.scramVerifiers();
+    // With no SCRAM user at all there is nothing secret to derive from.
+    if (verifiers.length === 0) return randomBytes(32);
+    const h = createHash('sha256').update('pg-readonly-proxy mock exchange\0');
+    for (const v of verifiers) h.update(v.salt).update(v.storedKey).update(v.serverKey);
+    return h.digest();
+  }
+
+  private commonIterations(): number {
+    const counts = new Map<number, number>();
+    for (const v of this.scramVerifiers()) counts.set(v.iterations, (counts.get(v.iterations) ?? 0) + 1);
+    return [...counts].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]?.[0] ?? 4096;
   }
 
   private build(): Map<string, ProxyUser> {

@@ -37,12 +37,17 @@ export interface ProxyUserConfig {
   databases: string[];
 }
 
+/** libpq's require_auth names: how the proxy may log in upstream for proxy-managed users. */
+export type UpstreamAuthMethod = 'password' | 'md5' | 'scram-sha-256' | 'none';
+
 export interface AuthConfig {
   /** passthrough: the server authenticates each client; proxy: the proxy does, and logs in upstream itself. */
   mode: 'passthrough' | 'proxy';
   allowMd5: boolean;
   usersFile?: string | undefined;
   users: Record<string, ProxyUserConfig>;
+  /** Upstream login methods the proxy answers (libpq's require_auth); undefined: any. */
+  upstreamRequireAuth?: UpstreamAuthMethod[] | undefined;
 }
 
 /** The tls part of an upstream target with libpq's defaults. */
@@ -95,6 +100,7 @@ type RawConfig = {
     sslcert?: string;
     sslkey?: string;
     sslnegotiation?: 'postgres' | 'direct';
+    require_auth?: UpstreamAuthMethod[];
   };
   client_tls?: {
     mode?: ClientTlsMode;
@@ -287,28 +293,42 @@ export function resolveConfig(
       tls: upstream?.tls ?? defaultUpstreamTls(),
     };
   else if (upstream && u?.port) upstream.port = u.port;
+  // TLS parameters the file sets, in upstream.url or as keys: the environment
+  // may not change them (a stray PGSSLMODE must not weaken a verify-full).
+  const fileSets = new Set<string>(u?.url ? new URL(u.url).searchParams.keys() : []);
   if (upstream) {
     for (const key of URL_TLS_PARAMS) {
       const value = u?.[key];
-      if (value !== undefined) setTlsParam(upstream.tls, key, value, `upstream.${key}`);
+      if (value === undefined) continue;
+      setTlsParam(upstream.tls, key, value, `upstream.${key}`);
+      fileSets.add(key);
     }
   }
-  // libpq's environment overrides the file: PGHOST names the server, PGPORT its
-  // port, PGSSLMODE and friends its TLS.
+  // libpq's environment: PGHOST names the server and PGPORT its port (over the
+  // file's), PGSSLMODE and friends fill in the TLS parameters the file leaves out.
   if (env.PGHOST) upstream = { host: env.PGHOST, port: 5432, tls: upstream?.tls ?? defaultUpstreamTls() };
   if (env.PGPORT && upstream) upstream.port = checkPort(env.PGPORT, 'PGPORT');
   if (overrides.upstream) upstream = parseUpstreamUrl(overrides.upstream, '--upstream');
   if (upstream) {
     for (const key of URL_TLS_PARAMS) {
       const value = env[`PG${key.toUpperCase()}`];
-      // A URL on the command line says it all; the environment fills only what a file left.
-      if (value && !overrides.upstream) setTlsParam(upstream.tls, key, value, `PG${key.toUpperCase()}`);
+      // A URL on the command line says it all.
+      if (value && !overrides.upstream && !fileSets.has(key))
+        setTlsParam(upstream.tls, key, value, `PG${key.toUpperCase()}`);
     }
     checkUpstreamTls(upstream.tls);
   }
 
   const clientTls = resolveClientTls(raw.client_tls ?? {}, overrides);
   const auth = resolveAuth(raw.auth ?? {});
+  if (u?.require_auth) {
+    if (auth.mode !== 'proxy') {
+      throw new ConfigError(
+        'upstream.require_auth applies to proxy-managed users (auth.mode: proxy); in passthrough the client answers the server',
+      );
+    }
+    auth.upstreamRequireAuth = u.require_auth;
+  }
 
   const listen = parseHostPort(
     overrides.listen ?? raw.listen ?? '127.0.0.1:6432',

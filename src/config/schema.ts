@@ -45,6 +45,12 @@ export const configSchema = {
         sslcert: { type: 'string', minLength: 1 },
         sslkey: { type: 'string', minLength: 1 },
         sslnegotiation: { enum: ['postgres', 'direct'] },
+        require_auth: {
+          type: 'array',
+          items: { enum: ['password', 'md5', 'scram-sha-256', 'none'] },
+          minItems: 1,
+          uniqueItems: true,
+        },
       },
     },
     client_tls: {

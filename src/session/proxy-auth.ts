@@ -38,6 +38,8 @@ export class ClientAuthenticator {
   private readonly scram: ScramServer | undefined;
   private readonly md5Salt: Buffer | undefined;
   private step = 0;
+  /** The method the exchange used: 'md5' or the SASL mechanism the client chose. */
+  method: string | undefined;
 
   constructor(
     private readonly name: string,
@@ -55,6 +57,7 @@ export class ClientAuthenticator {
         user: name,
         verifier: v?.scram,
         mockSecret: directory.mockSecret,
+        mockIterations: directory.mockIterations,
         channelBinding,
       });
     }
@@ -88,6 +91,7 @@ export class ClientAuthenticator {
   private onMd5(msg: Buffer): AuthStep {
     const user = this.user!;
     const v = user.verifier;
+    this.method = 'md5';
     if (v.kind === 'md5' && md5Check(v.md5, this.md5Salt!, decodePasswordMessage(msg))) {
       return { kind: 'done', user };
     }
@@ -98,6 +102,7 @@ export class ClientAuthenticator {
     const scram = this.scram!;
     if (this.step++ === 0) {
       const { mechanism, data } = decodeSaslInitialResponse(msg);
+      this.method = mechanism;
       const serverFirst = scram.handleClientFirst(mechanism, data);
       return { kind: 'reply', message: encodeAuthentication(AuthCode.SASLContinue, serverFirst) };
     }
@@ -129,35 +134,58 @@ export class UpstreamLoginError extends Error {
 
 export class UpstreamLogin {
   private scram: ScramClient | undefined;
+  /** The method the server asked for, for the log: a SASL mechanism, 'md5', 'password' or 'trust'. */
+  method = 'trust';
 
   constructor(
     private readonly user: string,
     private readonly password: string | undefined,
     /** tls-server-end-point of the upstream server's certificate, when the connection is TLS. */
     private readonly channelBinding: Buffer | undefined,
+    /** Methods the operator allows (upstream.require_auth); undefined: any, as libpq. */
+    private readonly allowed?: ReadonlySet<string>,
   ) {}
 
-  /** One Authentication request from the upstream server. Throws UpstreamLoginError. */
-  onRequest(code: number, data: Buffer): LoginStep {
+  /** Refuses a method the operator did not allow, before any secret is sent. */
+  private use(method: 'password' | 'md5' | 'scram-sha-256' | 'none'): void {
+    if (this.allowed && !this.allowed.has(method)) {
+      throw new UpstreamLoginError(
+        `the server asked for ${method === 'none' ? 'no' : method} authentication, which upstream.require_auth does not allow`,
+      );
+    }
+  }
+
+  /**
+   * One Authentication request from the upstream server. Throws (or, for the
+   * SCRAM proof, whose key derivation runs off the event loop, rejects).
+   */
+  onRequest(code: number, data: Buffer): LoginStep | Promise<LoginStep> {
     switch (code) {
       case AuthCode.Ok:
+        if (this.method === 'trust') this.use('none');
         if (this.scram && !this.scramVerified) {
           throw new UpstreamLoginError('the server ended SCRAM without proving it knows the password');
         }
         return { kind: 'ok' };
       case AuthCode.CleartextPassword:
+        this.use('password');
+        this.method = 'password';
         return { kind: 'reply', message: encodePasswordMessage(this.needPassword()) };
       case AuthCode.MD5Password:
+        this.use('md5');
+        this.method = 'md5';
         return {
           kind: 'reply',
           message: encodeAuthResponse(md5Response(this.user, this.needPassword(), data)),
         };
       case AuthCode.SASL: {
+        this.use('scram-sha-256');
         this.scram = new ScramClient({
           password: this.needPassword(),
           serverMechanisms: decodeSaslMechanisms(data),
           channelBinding: this.channelBinding,
         });
+        this.method = this.scram.mechanism;
         return {
           kind: 'reply',
           message: encodeSaslInitialResponse(this.scram.mechanism, this.scram.clientFirst()),
@@ -165,7 +193,9 @@ export class UpstreamLogin {
       }
       case AuthCode.SASLContinue:
         if (!this.scram) throw new UpstreamLoginError('SASL continue before SASL start');
-        return { kind: 'reply', message: encodeAuthResponse(this.scram.clientFinal(data)) };
+        return this.scram
+          .clientFinal(data)
+          .then((final): LoginStep => ({ kind: 'reply', message: encodeAuthResponse(final) }));
       case AuthCode.SASLFinal:
         if (!this.scram) throw new UpstreamLoginError('SASL final before SASL start');
         this.scram.verifyServerFinal(data);

@@ -76,6 +76,8 @@ export interface SessionContext {
   clientTls: ClientTls;
   /** Proxy-managed users (auth.mode proxy); undefined: passthrough. */
   users: UserDirectory | undefined;
+  /** upstream.require_auth, for proxy-managed users' upstream logins. */
+  upstreamRequireAuth?: ReadonlySet<string> | undefined;
   onClose(session: Session): void;
 }
 
@@ -144,6 +146,8 @@ export class Session {
   private negotiations = 0;
   private clientAuth: ClientAuthenticator | undefined;
   private proxyUser: ProxyUser | undefined;
+  /** How the proxy authenticated the client (proxy-managed users), for the log. */
+  private clientAuthMethod: string | undefined;
   private upstreamLogin: UpstreamLogin | undefined;
   /** Passthrough: an upstream authentication request reached the client (no silent retry after that). */
   private clientSawAuth = false;
@@ -478,6 +482,7 @@ export class Session {
         );
         return this.fatal(step.error, 'auth_failed');
       case 'done': {
+        this.clientAuthMethod = this.clientAuth!.method;
         this.clientAuth = undefined;
         const user = step.user;
         if (user.databases && !user.databases.has(this.database)) {
@@ -551,6 +556,17 @@ export class Session {
     }
     if (this.phase === 'authenticating') {
       if (code === FrontendCode.AuthResponse) {
+        if (this.upstreamLogin) {
+          // The proxy logs in upstream itself: nothing of the client's may join
+          // that exchange (it would let a client try passwords on the server).
+          return this.fatal(
+            {
+              code: SqlState.ProtocolViolation,
+              message: 'unexpected authentication response: the client is already authenticated',
+            },
+            'protocol_violation',
+          );
+        }
         if (this.expectSaslInitial) {
           this.expectSaslInitial = false;
           if (!this.checkPassthroughSasl(msg)) return;
@@ -821,6 +837,7 @@ export class Session {
         this.proxyUser.upstreamUser,
         this.proxyUser.upstreamPassword,
         cert ? tlsServerEndPoint(cert) : undefined,
+        this.ctx.upstreamRequireAuth,
       );
     }
     socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
@@ -857,7 +874,13 @@ export class Session {
     this.scanner?.halt();
     this.upstream = undefined;
     this.upstreamTls = undefined;
+    // Nothing learnt from the first attempt counts for the second.
+    this.readOnlyConfirmed = false;
+    this.serverVersionNum = 0;
+    this.sessionAuthorization = undefined;
+    this.upstreamKey = undefined;
     this.phase = 'connecting';
+    this.updateClientFlow();
     void this.openUpstream(fallback);
     return true;
   }
@@ -938,6 +961,21 @@ export class Session {
       } catch (err) {
         return this.upstreamLoginFailed((err as Error).message);
       }
+      if (step instanceof Promise) {
+        const upstream = this.upstream;
+        step.then(
+          (s) => {
+            if (this.phase === 'authenticating' && this.upstream === upstream && s.kind === 'reply')
+              this.toUpstream(s.message);
+          },
+          (err: Error) => {
+            if (this.phase !== 'authenticating' || this.upstream !== upstream) return;
+            const error = this.upstreamLoginFailed(err.message);
+            if (error) this.endWith(error, 'upstream login failed');
+          },
+        );
+        return null;
+      }
       if (step.kind === 'reply') {
         this.toUpstream(step.message);
         return null;
@@ -957,6 +995,8 @@ export class Session {
       }
     }
     if (code === AuthCode.Ok) {
+      // From here on the client has seen this attempt: no fallback to another.
+      this.clientSawAuth = true;
       this.log.info(
         {
           event: 'authenticated',
@@ -966,6 +1006,8 @@ export class Session {
           application_name: this.applicationName,
           client_tls: this.clientTls?.getProtocol() ?? false,
           upstream_tls: this.upstreamTls?.getProtocol() ?? false,
+          client_auth: this.clientAuthMethod ?? 'passthrough',
+          upstream_auth: this.upstreamLogin?.method,
         },
         'authenticated',
       );
@@ -979,9 +1021,11 @@ export class Session {
     if (!this.upstreamLogin) return undefined; // passthrough: the server's own words
     const fields = decodeErrorFields(msg);
     const code = fields.get('C') ?? SqlState.ConnectionFailure;
-    // Authentication failures would name the upstream role: the client gets the
-    // proxy's words, the log gets the server's.
-    if (!code.startsWith('28')) return undefined;
+    // The server's words may name the upstream role (a failed password, a
+    // role's connection limit): the client gets the proxy's, with the server's
+    // SQLSTATE, and the log gets the server's. Only "no such database", which
+    // names what the client asked for, is passed on as it is.
+    if (code === INVALID_CATALOG_NAME) return undefined;
     return this.upstreamLoginFailed(fields.get('M') ?? 'login refused', code);
   }
 
@@ -1223,6 +1267,9 @@ export class Session {
 }
 
 const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
+
+/** SQLSTATE 3D000: the database the client named does not exist. */
+const INVALID_CATALOG_NAME = '3D000';
 
 const FLUSH = encodeFlush();
 

@@ -125,11 +125,14 @@ export function connectUpstream(
       current.destroy();
       reject(new UpstreamConnectError(message, code, negotiating));
     };
+    const onClose = (): void =>
+      fail(`${where} closed the connection while it was being set up`, 'ECONNRESET');
     const succeed = (conn: UpstreamConnection): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       conn.socket.removeAllListeners('error');
+      raw.off('close', onClose);
       resolve(conn);
     };
     const raw = isUnixSocket(target)
@@ -144,6 +147,8 @@ export function connectUpstream(
     raw.on('error', (err: NodeJS.ErrnoException) =>
       fail(`${err.code ?? 'error'} connecting to ${where}`, err.code ?? 'EUNKNOWN'),
     );
+    // A server (or something in between) that hangs up mid-negotiation: fail now, not at the timeout.
+    raw.on('close', onClose);
 
     const startTls = (): void => {
       let opts: ConnectionOptions;

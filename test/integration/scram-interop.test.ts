@@ -206,7 +206,7 @@ async function scramLogin(opts: {
     });
     const first = client.clientFirst();
     wire.send(frame('p', Buffer.concat([cstr(client.mechanism), int32(first.length), first])));
-    wire.send(frame('p', client.clientFinal(saslBody(await expect(11)))));
+    wire.send(frame('p', await client.clientFinal(saslBody(await expect(11)))));
     client.verifyServerFinal(saslBody(await expect(12)));
     await expect(0);
     for (let m = await wire.message(); m.type !== 'Z'; m = await wire.message()) {
@@ -397,22 +397,19 @@ describe("PostgreSQL's verifiers are ours", () => {
   });
 
   for (const p of PASSWORDS) {
-    test(`${p.name}: same bytes from the same salt, and our server accepts the password`, () => {
+    test(`${p.name}: same bytes from the same salt, and our server accepts the password`, async () => {
       const text = verifiers.get(p.name)!;
       const v = parseScramVerifier(text);
       assert.ok(v, `PostgreSQL's verifier parses: ${text}`);
       assert.equal(createScramVerifier(p.password, { salt: v.salt, iterations: v.iterations }), text);
-      const login = (password: string) => {
+      const login = async (password: string) => {
         const server = new ScramServer({ user: p.name, verifier: v, mockSecret: Buffer.alloc(32, 1) });
         const client = new ScramClient({ password, serverMechanisms: server.mechanisms() });
         const serverFirst = server.handleClientFirst(client.mechanism, client.clientFirst());
-        client.verifyServerFinal(server.handleClientFinal(client.clientFinal(serverFirst)));
+        client.verifyServerFinal(server.handleClientFinal(await client.clientFinal(serverFirst)));
       };
-      login(p.password);
-      assert.throws(
-        () => login(WRONG),
-        (err) => err instanceof ScramError && err.sqlstate === '28P01',
-      );
+      await login(p.password);
+      await assert.rejects(login(WRONG), (err) => err instanceof ScramError && err.sqlstate === '28P01');
     });
   }
 });

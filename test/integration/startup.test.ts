@@ -38,7 +38,17 @@ before(async () => {
   await new Promise<void>((resolve) => sentinel.listen(0, testServer().host, resolve));
   const addr = sentinel.address();
   assert.ok(addr && typeof addr === 'object');
-  trap = await startProxy({ upstreamPort: addr.port });
+  // Plaintext upstream: with sslmode=prefer a sentinel that hangs up on the
+  // SSLRequest would be tried twice (TLS, then plaintext), as libpq does.
+  trap = await startProxy({
+    config: {
+      upstream: {
+        host: testServer().host,
+        port: addr.port,
+        tls: { sslmode: 'disable', sslnegotiation: 'postgres' },
+      },
+    },
+  });
   proxy = await startProxy();
   const d = await direct();
   await d.query(`DROP ROLE IF EXISTS ${ROLE}; DROP ROLE IF EXISTS ${ROLE_SJIS}`);

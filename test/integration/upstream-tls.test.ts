@@ -19,15 +19,20 @@
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import { createScramVerifier } from '../../src/auth/scram.js';
 import type { ClientTlsConfig, UpstreamTarget } from '../../src/config/config.js';
 import type { UpstreamTls } from '../../src/upstream/connect.js';
 import { psql } from '../fixtures/integration/psql.js';
 import { makeTestCerts } from '../helpers/certs.js';
+import { ClientAuth } from '../helpers/client-auth.js';
 import { direct, startProxy, testServer, whenRunning, type RunningProxy } from '../helpers/harness.js';
+import { startRelay } from '../helpers/relay.js';
+import { encodeStartup, errorFields, RawClient } from '../helpers/raw-client.js';
 import { prependHba, servedFingerprint, serveTls } from '../helpers/server-tls.js';
+import { frame } from '../helpers/wire.js';
 
 const TLS_ONLY = 'upstls_tls_only';
 const PLAIN_ONLY = 'upstls_plain_only';
@@ -427,36 +432,16 @@ describe('a server with TLS', () => {
   describe('cancel and the read-only pin over TLS', () => {
     /** A TCP relay in front of the server that records how each connection begins. */
     async function spy(): Promise<{ port: number; openings: string[]; close(): Promise<void> }> {
-      const s = testServer();
       const openings: string[] = [];
-      const sockets = new Set<Socket>();
-      const server = createServer((inbound) => {
-        const outbound = connect({ host: s.host, port: s.port });
-        for (const sock of [inbound, outbound]) {
-          sockets.add(sock);
-          sock.on('error', () => {
-            inbound.destroy();
-            outbound.destroy();
-          });
-          sock.on('close', () => sockets.delete(sock));
-        }
+      const relay = await startRelay((inbound) => {
         inbound.once('data', (chunk: Buffer) => {
           if (chunk[0] === 0x16) openings.push('TLS handshake');
           else if (chunk.length >= 8 && chunk.readInt32BE(4) === 80877103) openings.push('SSLRequest');
           else if (chunk.length >= 8 && chunk.readInt32BE(4) === 80877102) openings.push('CancelRequest');
           else openings.push(`other: ${chunk.subarray(0, 8).toString('hex')}`);
         });
-        inbound.pipe(outbound).pipe(inbound);
       });
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      return {
-        port: (server.address() as { port: number }).port,
-        openings,
-        close: async () => {
-          for (const sock of sockets) sock.destroy();
-          await new Promise((r) => server.close(r));
-        },
-      };
+      return { ...relay, openings };
     }
 
     const rows: Array<{ negotiation: 'postgres' | 'direct'; opening: string }> = [
@@ -665,6 +650,130 @@ describe('a server with TLS', () => {
         clientTls,
       );
     });
+  });
+});
+
+describe('proxy-managed users over a TLS upstream', () => {
+  const ENV = 'PGRO_TEST_UPSTLS_MANAGED';
+  const AGENT_PW = 'agent-over-TLS-pw-4';
+  let undoTls: (() => Promise<void>) | undefined;
+  let undoHba: (() => Promise<void>) | undefined;
+
+  before(async () => {
+    process.env[ENV] = PASSWORD;
+    undoTls = await serveTls(certs.localhost);
+    // The role logs in with or without TLS: a second attempt would succeed as well as the first.
+    undoHba = await prependHba([`host all ${SCRAM} 127.0.0.1/32 scram-sha-256`]);
+  });
+  after(async () => {
+    await undoHba?.();
+    await undoTls?.();
+    delete process.env[ENV];
+  });
+
+  for (const sslmode of ['prefer', 'allow'] as const) {
+    test(`sslmode ${sslmode}, a database that does not exist: one AuthenticationOk, then 3D000; no retry`, async () => {
+      const p = await startProxy({
+        config: {
+          upstream: target({ sslmode }),
+          auth: {
+            mode: 'proxy',
+            allowMd5: false,
+            users: {
+              anywhere: {
+                password: createScramVerifier(AGENT_PW),
+                upstreamUser: SCRAM,
+                upstreamPasswordEnv: ENV,
+                databases: ['*'],
+              },
+            },
+          },
+        },
+      });
+      proxies.push(p);
+      try {
+        const c = await RawClient.connect(p.host, p.port);
+        const auth = new ClientAuth('anywhere', AGENT_PW);
+        const labels: string[] = [];
+        let error: Map<string, string> | undefined;
+        try {
+          c.send(
+            encodeStartup([
+              ['user', 'anywhere'],
+              ['database', 'upstls_no_such_db'],
+            ]),
+          );
+          while (!error) {
+            const m = await c.read();
+            if (m.type === 'R') {
+              labels.push(`R ${m.body.readInt32BE(0)}`);
+              const answer = auth.respond(m.body);
+              if (answer) c.send(frame('p', answer));
+            } else if (m.type === 'E') {
+              error = errorFields(m.body);
+              labels.push(`E ${error.get('C')}`);
+            } else labels.push(m.type);
+          }
+          await c.waitClosed();
+        } finally {
+          c.close();
+        }
+        assert.deepEqual(labels, ['R 10', 'R 11', 'R 12', 'R 0', 'E 3D000'], 'exactly one AuthenticationOk');
+        assert.equal(error.get('S'), 'FATAL');
+        assert.equal(error.get('M'), 'database "upstls_no_such_db" does not exist');
+        assert.deepEqual(
+          events(p, 'upstream_retry'),
+          [],
+          'no fallback after the client saw AuthenticationOk',
+        );
+        assert.equal(loggedUpstreamTls(p) !== false, sslmode === 'prefer', 'the first attempt only');
+      } finally {
+        await p.close();
+      }
+    });
+  }
+});
+
+describe('an upstream that hangs up during TLS negotiation', () => {
+  test('sslmode require, the server closes after the SSLRequest: FATAL 08006 at once, not at the timeout', async () => {
+    const openings: string[] = [];
+    const server = createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.once('data', (chunk: Buffer) => {
+        openings.push(chunk.length === 8 && chunk.readInt32BE(4) === 80877103 ? 'SSLRequest' : 'other');
+        sock.end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const p = await startProxy({
+        config: {
+          upstream: target({ sslmode: 'require' }, '127.0.0.1', port),
+          upstreamConnectTimeoutMs: 5000,
+        },
+      });
+      proxies.push(p);
+      try {
+        const t0 = Date.now();
+        await assert.rejects(p.client(), (err: pg.DatabaseError) => {
+          assert.equal(err.severity, 'FATAL');
+          assert.equal(err.code, '08006');
+          assert.equal(err.message, 'pg-readonly-proxy: could not connect to the upstream server');
+          assert.equal(err.detail, `127.0.0.1:${port} closed the connection while it was being set up`);
+          return true;
+        });
+        const elapsed = Date.now() - t0;
+        assert.ok(elapsed < 1000, `failed after ${elapsed} ms (connect timeout 5000 ms)`);
+        assert.deepEqual(openings, ['SSLRequest']);
+        assert.deepEqual(events(p, 'upstream_retry'), []);
+        assert.equal(events(p, 'upstream_connect_failed').length, 1);
+      } finally {
+        await p.close();
+      }
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 

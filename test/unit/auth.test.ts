@@ -28,16 +28,31 @@ import {
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const MOCK_SECRET = Buffer.from('a mock secret of the proxy, 32 b');
 
-/** Asserts that `fn` throws a ScramError with this SQLSTATE and message (and detail, when given). */
-function throwsScram(fn: () => unknown, sqlstate: string, message: string | RegExp, detail?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
+/** A validator for assert.throws / rejects: a ScramError with this SQLSTATE and message (and detail, when given). */
+function scramError(sqlstate: string, message: string | RegExp, detail?: RegExp): (err: unknown) => true {
+  return (err: unknown) => {
     assert.ok(err instanceof ScramError, `expected a ScramError, got ${String(err)}`);
     assert.equal(err.sqlstate, sqlstate, `${err.message} (${err.detail ?? 'no detail'})`);
     if (typeof message === 'string') assert.equal(err.message, message);
     else assert.match(err.message, message);
     if (detail) assert.match(err.detail ?? '', detail);
     return true;
-  });
+  };
+}
+
+/** Asserts that `fn` throws such a ScramError. */
+function throwsScram(fn: () => unknown, sqlstate: string, message: string | RegExp, detail?: RegExp): void {
+  assert.throws(fn, scramError(sqlstate, message, detail));
+}
+
+/** The same for a promise (or an async function): it rejects with such a ScramError. */
+async function rejectsScram(
+  promise: Promise<unknown> | (() => Promise<unknown>),
+  sqlstate: string,
+  message: string | RegExp,
+  detail?: RegExp,
+): Promise<void> {
+  await assert.rejects(promise, scramError(sqlstate, message, detail));
 }
 
 describe('saslprep', () => {
@@ -104,7 +119,7 @@ describe('SCRAM-SHA-256: RFC 7677 example', () => {
   const verifier = (): ScramVerifier =>
     parseScramVerifier(createScramVerifier('pencil', { salt: RFC7677.salt }))!;
 
-  test('client', () => {
+  test('client', async () => {
     const c = new ScramClient({
       password: RFC7677.password,
       serverMechanisms: [SCRAM_SHA_256],
@@ -113,7 +128,7 @@ describe('SCRAM-SHA-256: RFC 7677 example', () => {
     });
     assert.equal(c.mechanism, SCRAM_SHA_256);
     assert.equal(c.clientFirst().toString('latin1'), RFC7677.clientFirst);
-    assert.equal(c.clientFinal(b(RFC7677.serverFirst)).toString('latin1'), RFC7677.clientFinal);
+    assert.equal((await c.clientFinal(b(RFC7677.serverFirst))).toString('latin1'), RFC7677.clientFinal);
     c.verifyServerFinal(b(RFC7677.serverFinal));
   });
 
@@ -202,15 +217,15 @@ describe('SCRAM verifiers', () => {
   });
 });
 
-/** One full exchange between our client and our server; throws whatever either side throws. */
-function exchange(opts: {
+/** One full exchange between our client and our server; rejects with whatever either side throws. */
+async function exchange(opts: {
   serverPassword: string;
   clientPassword: string;
   serverBinding?: Buffer;
   clientBinding?: Buffer;
   /** What the client is told the server offers (a man in the middle may strip PLUS). */
   offered?: string[];
-}): { client: ScramClient; serverFinal: Buffer } {
+}): Promise<{ client: ScramClient; serverFinal: Buffer }> {
   const verifier = parseScramVerifier(createScramVerifier(opts.serverPassword, { iterations: 16 }))!;
   const server = new ScramServer({
     user: 'alice',
@@ -224,7 +239,7 @@ function exchange(opts: {
     channelBinding: opts.clientBinding,
   });
   const serverFirst = server.handleClientFirst(client.mechanism, client.clientFirst());
-  const serverFinal = server.handleClientFinal(client.clientFinal(serverFirst));
+  const serverFinal = server.handleClientFinal(await client.clientFinal(serverFirst));
   client.verifyServerFinal(serverFinal);
   return { client, serverFinal };
 }
@@ -276,7 +291,7 @@ describe('SCRAM: our client against our server', () => {
     },
   ];
   for (const row of rows) {
-    test(row.name, () => {
+    test(row.name, async () => {
       const run = (clientPassword: string) =>
         exchange({
           serverPassword: 'correct horse',
@@ -286,12 +301,12 @@ describe('SCRAM: our client against our server', () => {
           offered: row.offered,
         });
       if (row.fails) {
-        throwsScram(() => run('correct horse'), ...row.fails);
+        await rejectsScram(run('correct horse'), ...row.fails);
         return;
       }
-      const { client } = run('correct horse');
+      const { client } = await run('correct horse');
       assert.equal(client.mechanism, row.mechanism);
-      throwsScram(() => run('battery staple'), '28P01', 'password authentication failed for user "alice"');
+      await rejectsScram(run('battery staple'), '28P01', 'password authentication failed for user "alice"');
     });
   }
 
@@ -308,10 +323,10 @@ describe('SCRAM: our client against our server', () => {
     }
   });
 
-  test('non-ASCII passwords: SASLprep on both sides', () => {
-    exchange({ serverPassword: 'pä\u00a0ss', clientPassword: 'pä ss' });
-    exchange({ serverPassword: '\u2168', clientPassword: 'IX' });
-    throwsScram(() => exchange({ serverPassword: 'päss', clientPassword: 'pass' }), '28P01', /password/);
+  test('non-ASCII passwords: SASLprep on both sides', async () => {
+    await exchange({ serverPassword: 'pä\u00a0ss', clientPassword: 'pä ss' });
+    await exchange({ serverPassword: '\u2168', clientPassword: 'IX' });
+    await rejectsScram(exchange({ serverPassword: 'päss', clientPassword: 'pass' }), '28P01', /password/);
   });
 
   test('the server lists PLUS first when it can bind', () => {
@@ -348,14 +363,14 @@ describe('SCRAM server: unknown users', () => {
   const saltOf = (serverFirst: Buffer) => /,s=([^,]+),/.exec(serverFirst.toString('latin1'))![1]!;
   const first = (s: ScramServer) => s.handleClientFirst(SCRAM_SHA_256, b('n,,n=,r=client'));
 
-  test('a full exchange that fails like a wrong password', () => {
+  test('a full exchange that fails like a wrong password', async () => {
     const s = mock('nobody');
     const serverFirst = first(s);
     assert.match(serverFirst.toString('latin1'), /^r=clientserver,s=[A-Za-z0-9+/]{22}==,i=4096$/);
     const client = new ScramClient({ password: 'any', serverMechanisms: [SCRAM_SHA_256], nonce: 'client' });
     client.clientFirst();
-    throwsScram(
-      () => s.handleClientFinal(client.clientFinal(serverFirst)),
+    await rejectsScram(
+      async () => s.handleClientFinal(await client.clientFinal(serverFirst)),
       '28P01',
       'password authentication failed for user "nobody"',
     );
@@ -664,22 +679,22 @@ describe('SCRAM: calls out of order', () => {
     s.handleClientFirst(SCRAM_SHA_256, b('n,,n=,r=abc'));
     throwsScram(() => s.handleClientFirst(SCRAM_SHA_256, b('n,,n=,r=abc')), '08P01', OUT_OF_ORDER);
   });
-  test('server: anything after a completed exchange', () => {
+  test('server: anything after a completed exchange', async () => {
     const s = server();
     const c = client();
-    s.handleClientFinal(c.clientFinal(s.handleClientFirst(SCRAM_SHA_256, c.clientFirst())));
+    s.handleClientFinal(await c.clientFinal(s.handleClientFirst(SCRAM_SHA_256, c.clientFirst())));
     throwsScram(() => s.handleClientFinal(b('c=biws,r=x,p=x')), '08P01', OUT_OF_ORDER);
     throwsScram(() => s.handleClientFirst(SCRAM_SHA_256, c.clientFirst()), '08P01', OUT_OF_ORDER);
   });
-  test('server: a wrong password ends the exchange', () => {
+  test('server: a wrong password ends the exchange', async () => {
     const s = server();
     const c = new ScramClient({ password: 'wrong', serverMechanisms: [SCRAM_SHA_256] });
-    const final = c.clientFinal(s.handleClientFirst(SCRAM_SHA_256, c.clientFirst()));
+    const final = await c.clientFinal(s.handleClientFirst(SCRAM_SHA_256, c.clientFirst()));
     throwsScram(() => s.handleClientFinal(final), '28P01', /password authentication failed/);
     throwsScram(() => s.handleClientFinal(final), '08P01', OUT_OF_ORDER);
   });
-  test('client: final before first, server-final before final, first twice', () => {
-    throwsScram(() => client().clientFinal(b('r=x,s=c2FsdA==,i=1')), '08P01', OUT_OF_ORDER);
+  test('client: final before first, server-final before final, first twice', async () => {
+    await rejectsScram(client().clientFinal(b('r=x,s=c2FsdA==,i=1')), '08P01', OUT_OF_ORDER);
     const c = client();
     c.clientFirst();
     throwsScram(() => c.verifyServerFinal(b('v=x')), '08P01', OUT_OF_ORDER);
@@ -709,21 +724,54 @@ describe('SCRAM client: what the server sends', () => {
     ['no iteration count', 'r=clisrv,s=c2FsdA==', '08P01', MALFORMED, /Expected attribute "i"/],
     ['mandatory extension', 'm=x,r=clisrv,s=c2FsdA==,i=1', '0A000', /unsupported SCRAM extension/],
     ['empty', '', '08P01', MALFORMED, /empty/],
+    [
+      'more iterations than the proxy computes (409600)',
+      'r=clisrv,s=c2FsdA==,i=409601',
+      '08P01',
+      'invalid SCRAM response',
+      /409601/,
+    ],
   ];
   for (const [name, serverFirst, sqlstate, message, detail] of firstRows) {
     test(`server-first: ${name}`, () =>
-      throwsScram(() => start().clientFinal(b(serverFirst)), sqlstate, message, detail));
+      rejectsScram(start().clientFinal(b(serverFirst)), sqlstate, message, detail));
   }
-  test('server-first: optional extensions after the iteration count are ignored', () => {
+  test('server-first: optional extensions after the iteration count are ignored', async () => {
     assert.match(
-      start().clientFinal(b('r=clisrv,s=c2FsdA==,i=1,x=y')).toString('latin1'),
+      (await start().clientFinal(b('r=clisrv,s=c2FsdA==,i=1,x=y'))).toString('latin1'),
       /^c=biws,r=clisrv,p=/,
     );
   });
-
-  const atFinal = () => {
+  test('server-first: 409600 iterations, the most the proxy computes, are accepted', async () => {
+    const final = (await start().clientFinal(b('r=clisrv,s=c2FsdA==,i=409600'))).toString('latin1');
+    const k = independentKeys('pencil', b('salt'), 409600);
+    const withoutProof = 'c=biws,r=clisrv';
+    const auth = `n=,r=cli,r=clisrv,s=c2FsdA==,i=409600,${withoutProof}`;
+    const signature = createHmac('sha256', k.storedKey).update(auth).digest();
+    const proof = Buffer.from(k.clientKey.map((x, i) => x ^ signature[i]!)).toString('base64');
+    assert.equal(final, `${withoutProof},p=${proof}`);
+  });
+  test('the key derivation does not block the event loop', async () => {
     const c = start();
-    c.clientFinal(b(RFC7677.serverFirst.replace(RFC7677.clientNonce, 'cli')));
+    let settled = false;
+    let settledWhenImmediateRan: boolean | undefined;
+    let timerTicks = 0;
+    setImmediate(() => (settledWhenImmediateRan = settled));
+    const timer = setInterval(() => timerTicks++, 1);
+    try {
+      // about 50 ms of PBKDF2: done inline, it would settle before any callback runs
+      const final = c.clientFinal(b('r=clisrv,s=c2FsdA==,i=200000')).finally(() => (settled = true));
+      assert.match((await final).toString('latin1'), /^c=biws,r=clisrv,p=/);
+    } finally {
+      clearInterval(timer);
+    }
+    assert.equal(settledWhenImmediateRan, false, 'setImmediate ran only after the derivation');
+    assert.ok(timerTicks > 0, 'no timer callback ran during the derivation');
+  });
+
+  const atFinal = async () => {
+    const c = start();
+    await c.clientFinal(b(RFC7677.serverFirst.replace(RFC7677.clientNonce, 'cli')));
     return c;
   };
   const finalRows: Array<[string, string, string, string | RegExp, RegExp?]> = [
@@ -734,8 +782,10 @@ describe('SCRAM client: what the server sends', () => {
     ['no v=', 'x=1', '08P01', MALFORMED, /Expected attribute "v"/],
   ];
   for (const [name, serverFinal, sqlstate, message, detail] of finalRows) {
-    test(`server-final: ${name}`, () =>
-      throwsScram(() => atFinal().verifyServerFinal(b(serverFinal)), sqlstate, message, detail));
+    test(`server-final: ${name}`, async () => {
+      const c = await atFinal();
+      throwsScram(() => c.verifyServerFinal(b(serverFinal)), sqlstate, message, detail);
+    });
   }
 });
 

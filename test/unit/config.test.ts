@@ -403,9 +403,31 @@ describe('upstream TLS: libpq parameters from the URL, the file and PGSSL* varia
       { sslmode: 'verify-ca', sslrootcert: ca, sslnegotiation: 'postgres' },
     ],
     [
-      'PGSSLMODE beats the file',
-      [validateRawConfig({ upstream: { host: 'h', sslmode: 'disable' } }, 'f'), {}, { PGSSLMODE: 'require' }],
+      'PGSSLMODE does not change the sslmode the file sets',
+      [
+        validateRawConfig({ upstream: { host: 'h', sslmode: 'verify-ca', sslrootcert: ca } }, 'f'),
+        {},
+        { PGSSLMODE: 'prefer' },
+      ],
+      { sslmode: 'verify-ca', sslrootcert: ca, sslnegotiation: 'postgres' },
+    ],
+    [
+      "nor one the file's URL sets",
+      [
+        validateRawConfig({ upstream: { url: 'postgres://h?sslmode=require' } }, 'f'),
+        {},
+        { PGSSLMODE: 'disable' },
+      ],
       { sslmode: 'require', sslnegotiation: 'postgres' },
+    ],
+    [
+      'PGSSLMODE and PGSSLROOTCERT fill in what the file leaves out',
+      [
+        validateRawConfig({ upstream: { host: 'h' } }, 'f'),
+        {},
+        { PGSSLMODE: 'verify-full', PGSSLROOTCERT: ca },
+      ],
+      { sslmode: 'verify-full', sslrootcert: ca, sslnegotiation: 'postgres' },
     ],
     [
       'a --upstream URL is taken whole: PGSSLMODE does not change it',
@@ -522,4 +544,53 @@ describe('client TLS and auth resolution', () => {
       /auth\.users\.a\.upstream_pasword_env: unknown key/,
     );
   });
+});
+
+describe('upstream.require_auth', () => {
+  const proxyAuth = {
+    mode: 'proxy',
+    users: { a: { password: 'SCRAM-SHA-256$4096:x', upstream_user: 'r', databases: ['d'] } },
+  };
+
+  test('proxy mode: the methods, as given; absent: any', () => {
+    const raw = validateRawConfig(
+      { upstream: { host: 'h', require_auth: ['scram-sha-256', 'password'] }, auth: proxyAuth },
+      'f',
+    );
+    assert.deepEqual(resolveConfig(raw, {}, {}).auth.upstreamRequireAuth, ['scram-sha-256', 'password']);
+    const none = validateRawConfig({ upstream: { host: 'h' }, auth: proxyAuth }, 'f');
+    assert.equal(resolveConfig(none, {}, {}).auth.upstreamRequireAuth, undefined);
+  });
+
+  test('refused in passthrough mode, naming the key (the client answers the server there)', () => {
+    for (const auth of [undefined, { mode: 'passthrough' }]) {
+      const raw = validateRawConfig(
+        { upstream: { host: 'h', require_auth: ['scram-sha-256'] }, ...(auth ? { auth } : {}) },
+        'f',
+      );
+      assert.throws(
+        () => resolveConfig(raw, {}, {}),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          /^upstream\.require_auth applies to proxy-managed users \(auth\.mode: proxy\)/.test(e.message),
+      );
+    }
+  });
+
+  const schemaCases: Array<[string, unknown, RegExp]> = [
+    [
+      'an unknown method',
+      ['scram-sha-256', 'gss'],
+      /upstream\.require_auth\.1: must be one of password, md5/,
+    ],
+    ['an unknown method first', ['sspi'], /upstream\.require_auth\.0: must be one of/],
+    ['an empty list', [], /upstream\.require_auth: must NOT have fewer than 1 items/],
+    ['a method twice', ['md5', 'md5'], /upstream\.require_auth: must NOT have duplicate items/],
+    ['not a list', 'scram-sha-256', /upstream\.require_auth: must be array/],
+  ];
+  for (const [name, value, re] of schemaCases) {
+    test(`schema: ${name}`, () => {
+      assert.match(errorOf({ upstream: { require_auth: value }, auth: proxyAuth }), re);
+    });
+  }
 });
