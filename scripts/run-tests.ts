@@ -21,8 +21,28 @@ const pg = await startEmbedded({
   logger,
   postgresFlags: ['-c', 'max_connections=200', '-c', 'fsync=off'],
 });
+/** The server's major version, for version-dependent tests and the compatibility table. */
+async function serverMajor(): Promise<number> {
+  const { default: pgClient } = await import('pg');
+  const c = new pgClient.Client({
+    host: pg.host,
+    port: pg.port,
+    user: pg.superuser.user,
+    password: pg.superuser.password,
+    database: 'postgres',
+  });
+  await c.connect();
+  try {
+    const r = await c.query<{ v: string }>('SHOW server_version_num');
+    return Math.floor(Number(r.rows[0]!.v) / 10000);
+  } finally {
+    await c.end();
+  }
+}
+
 let code = 1;
 try {
+  const major = await serverMajor();
   code = await new Promise<number>((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', ...files], {
       stdio: 'inherit',
@@ -33,6 +53,7 @@ try {
         TEST_PG_USER: pg.superuser.user,
         TEST_PG_PASSWORD: pg.superuser.password,
         TEST_PG_DATA: path.join(dir, 'data'),
+        TEST_PG_MAJOR: String(major),
       },
     });
     child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
