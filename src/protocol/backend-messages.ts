@@ -103,8 +103,13 @@ export function encodeAuthenticationOk(): Buffer {
   return new MessageWriter(BackendCode.Authentication, 9).int32(0).finish();
 }
 
-export function encodeNegotiateProtocolVersion(minor: number, unrecognized: string[]): Buffer {
-  const w = new MessageWriter(BackendCode.NegotiateProtocolVersion).int32(minor).int32(unrecognized.length);
+/**
+ * NegotiateProtocolVersion: the newest protocol version the server speaks for
+ * the client's major version, as a full version code (major << 16 | minor, as
+ * PostgreSQL sends it: 196608 for 3.0), and the protocol options it did not know.
+ */
+export function encodeNegotiateProtocolVersion(version: number, unrecognized: string[]): Buffer {
+  const w = new MessageWriter(BackendCode.NegotiateProtocolVersion).int32(version).int32(unrecognized.length);
   for (const name of unrecognized) w.cstring(name);
   return w.finish();
 }

@@ -20,7 +20,7 @@ import type { ClientTls } from '../tls/client-tls.js';
 import type { ProxyUser, UserDirectory } from '../auth/users.js';
 import { tlsServerEndPoint } from '../auth/channel-binding.js';
 import { SCRAM_SHA_256_PLUS } from '../auth/scram.js';
-import { AuthCode, BackendCode, FrontendCode, TxStatus } from '../protocol/codes.js';
+import { AuthCode, BackendCode, FrontendCode, StartupCode, TxStatus } from '../protocol/codes.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { MessageFramer } from '../protocol/message-framer.js';
 import { BackendScanner, codeSet, type Verdict } from '../protocol/backend-scanner.js';
@@ -444,7 +444,7 @@ export class Session {
     this.framer.setMaxLength(Math.min(MAX_AUTH_MESSAGE, this.ctx.config.maxMessageBytes));
     if (packet.minor > 0 || s.unsupportedProtocolOptions.length > 0) {
       // Sessions run protocol 3.0 end to end: tell the client, as a server would.
-      this.client.write(encodeNegotiateProtocolVersion(0, s.unsupportedProtocolOptions));
+      this.client.write(encodeNegotiateProtocolVersion(StartupCode.Protocol3, s.unsupportedProtocolOptions));
     }
     this.upstreamParams = s.upstreamParams;
     if (this.ctx.users) {

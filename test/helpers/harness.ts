@@ -138,3 +138,21 @@ export async function whenRunning(text: string): Promise<void> {
     await d.end();
   }
 }
+
+/** Runs `fn` with a superuser client straight to `database`, closing it after. */
+export async function withDb<T>(database: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = await direct({ database });
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/** Drops and creates an empty database of this name (a test file's own). */
+export async function freshDatabase(name: string): Promise<void> {
+  await withDb('postgres', async (c) => {
+    await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await c.query(`CREATE DATABASE ${name}`);
+  });
+}

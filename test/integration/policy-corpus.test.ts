@@ -104,8 +104,31 @@ after(async () => {
   await proxy.close();
 });
 
+/**
+ * Catalogs some allow rows read that an older server lacks (the rows are what a
+ * newer psql sends): such a row fails on the server, not at the proxy. The
+ * policy still classifies it (unit tests); here it runs only where it can.
+ */
+const CATALOGS_SINCE: Array<{ pattern: RegExp; major: number }> = [
+  { pattern: /\bpg_publication_namespace\b/, major: 15 },
+];
+const SERVER_MAJOR = Number(process.env.TEST_PG_MAJOR);
+function tooNewFor(sql: string): number | undefined {
+  return CATALOGS_SINCE.find((c) => c.pattern.test(sql) && SERVER_MAJOR < c.major)?.major;
+}
+
 describe('every allow row of the corpus runs through the proxy and succeeds', () => {
-  const rows = corpus.filter((r) => r.expect === 'allow' && !r.needsSession);
+  const allowRows = corpus.filter((r) => r.expect === 'allow' && !r.needsSession);
+  const rows = allowRows.filter((r) => tooNewFor(r.sql) === undefined);
+  const tooNew = allowRows.filter((r) => tooNewFor(r.sql) !== undefined);
+  if (tooNew.length > 0) {
+    test(`${tooNew.length} allow row(s) read catalogs PostgreSQL ${SERVER_MAJOR} lacks`, (t) => {
+      t.skip(
+        `needs PostgreSQL ${Math.max(...tooNew.map((r) => tooNewFor(r.sql)!))}+: ` +
+          tooNew.map((r) => JSON.stringify(r.sql.slice(0, 80))).join(', '),
+      );
+    });
+  }
   test(`${rows.length} allow rows`, { timeout: 60_000 }, async () => {
     assert.ok(rows.length > 150, `only ${rows.length} allow rows`);
     const failures: string[] = [];
@@ -266,7 +289,12 @@ describe("pg_dump's queries", () => {
     }
     const viaProxy = await psql(proxy, ['--schema-only'], { bin, database: DB });
     assert.equal(viaProxy.status, 0, viaProxy.stderr);
-    const strip = (s: string) => s.replace(/^-- (Started|Completed|Dumped).*$/gm, '');
+    // pg_dump 15.14+ (and 13.22+, 14.19+, 16.10+, 17.6+) brackets the script with
+    // \restrict / \unrestrict and a random key, new for every dump.
+    const strip = (s: string) =>
+      s
+        .replace(/^-- (Started|Completed|Dumped).*$/gm, '')
+        .replace(/^\\(un)?restrict [A-Za-z0-9]+$/gm, '\\$1restrict <random key>');
     assert.equal(strip(viaProxy.stdout), strip(probe.stdout));
   });
 });

@@ -250,8 +250,9 @@ describe('protocol negotiation', () => {
       raw.send(encodeStartup(base(), PROTOCOL_3_2));
       const v = await raw.read();
       assert.equal(v.type, 'v');
-      // The newest minor version supported for major version 3, and no unrecognised options.
-      assert.equal(v.body.readInt32BE(0), 0);
+      // The newest version supported for major version 3 (3.0, as PostgreSQL codes
+      // it: 3 << 16 | 0), and no unrecognised options.
+      assert.equal(v.body.readInt32BE(0), 196608);
       assert.equal(v.body.readInt32BE(4), 0);
       await loginAndSelect(raw);
     } finally {
@@ -265,6 +266,7 @@ describe('protocol negotiation', () => {
       raw.send(encodeStartup([...base(), ['_pq_.x', 'y']]));
       const v = await raw.read();
       assert.equal(v.type, 'v');
+      assert.equal(v.body.readInt32BE(0), 196608);
       assert.equal(v.body.readInt32BE(4), 1);
       assert.equal(v.body.subarray(8, v.body.indexOf(0, 8)).toString(), '_pq_.x');
       await loginAndSelect(raw);

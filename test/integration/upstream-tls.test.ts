@@ -1,12 +1,14 @@
 /**
- * Upstream TLS against the real PostgreSQL 18, as libpq's sslmode means it:
+ * Upstream TLS against the real PostgreSQL (14 and 18), as libpq's sslmode means it:
  *
  * - the sslmode matrix for roles pg_hba.conf admits only with TLS or only
  *   without, with allow/prefer's fallback (logged as upstream_retry);
  * - certificate checks: the right CA, an unrelated CA, a name that does not
  *   match, an address where the certificate names a host, require with a root
  *   certificate (then verify-ca);
- * - client certificates for a `cert` role, direct TLS negotiation (ALPN);
+ * - client certificates for a `cert` role, direct TLS negotiation (ALPN; a
+ *   PostgreSQL 17+ feature: an older server takes the TLS handshake for a
+ *   startup packet and hangs up, and the proxy must fail with 08006, no fallback);
  * - a server that does not do TLS at all;
  * - cancel over TLS (seen on the wire by a TCP spy) and the read-only pin;
  * - passthrough SCRAM with TLS on either side, with psql (libpq) and
@@ -43,6 +45,14 @@ const PASSWORD = 'Upstr3am-TLS-s3cret!';
 const CLEARTEXT_PASSWORD = 'Cl3artext-over-TLS-9f2c';
 
 const certs = makeTestCerts(CERT_USER);
+
+/** Direct TLS negotiation (sslnegotiation=direct) is PostgreSQL 17's. */
+const DIRECT_TLS = Number(process.env.TEST_PG_MAJOR) >= 17;
+/** What a proxy with sslnegotiation=direct gets from a server older than 17: no TLS, no fallback. */
+const NO_DIRECT_TLS: Expect = {
+  sqlstate: '08006',
+  detail: /^TLS with (127\.0\.0\.1|localhost):\d+ failed: /,
+};
 
 /** Every proxy this file starts, for the log scan at the end. */
 const proxies: RunningProxy[] = [];
@@ -350,23 +360,29 @@ describe('a server with TLS', () => {
         expect: { ssl: true },
       },
       {
-        name: 'sslnegotiation=direct, require (PostgreSQL 18 takes TLS at once)',
+        name: DIRECT_TLS
+          ? 'sslnegotiation=direct, require (PostgreSQL 17+ takes TLS at once)'
+          : 'sslnegotiation=direct, require: a server older than 17 cannot, FATAL 08006',
         user: TLS_ONLY,
         tls: { sslmode: 'require', sslnegotiation: 'direct' },
-        expect: { ssl: true },
+        expect: DIRECT_TLS ? { ssl: true } : NO_DIRECT_TLS,
       },
       {
-        name: 'sslnegotiation=direct, verify-full with host localhost',
+        name: DIRECT_TLS
+          ? 'sslnegotiation=direct, verify-full with host localhost'
+          : 'sslnegotiation=direct, verify-full with host localhost: a server older than 17 cannot, FATAL 08006',
         user: TLS_ONLY,
         host: 'localhost',
         tls: { sslmode: 'verify-full', sslrootcert: certs.ca.cert, sslnegotiation: 'direct' },
-        expect: { ssl: true },
+        expect: DIRECT_TLS ? { ssl: true } : NO_DIRECT_TLS,
       },
       {
-        name: 'sslnegotiation=direct, plaintext-only role: refused, no fallback',
+        name: DIRECT_TLS
+          ? 'sslnegotiation=direct, plaintext-only role: refused, no fallback'
+          : 'sslnegotiation=direct, plaintext-only role: a server older than 17 cannot, FATAL 08006, no fallback',
         user: PLAIN_ONLY,
         tls: { sslmode: 'require', sslnegotiation: 'direct' },
-        expect: { sqlstate: '28000', message: refusedTls(PLAIN_ONLY) },
+        expect: DIRECT_TLS ? { sqlstate: '28000', message: refusedTls(PLAIN_ONLY) } : NO_DIRECT_TLS,
       },
     ];
     for (const row of rows) {
@@ -449,45 +465,58 @@ describe('a server with TLS', () => {
       { negotiation: 'direct', opening: 'TLS handshake' },
     ];
     for (const row of rows) {
-      test(`sslnegotiation=${row.negotiation}: pg_sleep(30) cancelled over TLS with 57014 within 2 s; the session goes on`, async () => {
-        const relay = await spy();
-        try {
-          const upstream = target(
-            { sslmode: 'require', sslnegotiation: row.negotiation },
-            '127.0.0.1',
-            relay.port,
-          );
-          await withProxy(upstream, async (p) => {
-            const c = await p.client({ application_name: 'upstls_cancel' });
-            try {
-              assert.equal((await sessionInfo(c)).ssl, true);
-              const text = 'SELECT pg_sleep(30)';
-              const query = new pg.Query(text);
-              const done = new Promise((resolve, reject) => {
-                query.on('end', resolve);
-                query.on('error', reject);
-              });
-              void c.query(query);
-              await whenRunning(text);
-              const s = testServer();
-              const other = new pg.Client({ host: p.host, port: p.port, user: s.user, password: s.password });
-              const t0 = Date.now();
-              // Not in the typings: Client#cancel(target, query) sends a CancelRequest with target's keys.
-              (other as unknown as { cancel(c: pg.Client, q: pg.Query): void }).cancel(c, query);
-              await assert.rejects(done, { code: '57014' });
-              assert.ok(Date.now() - t0 < 2000, `cancelled after ${Date.now() - t0} ms`);
-              assert.equal((await c.query('SELECT 2 AS n')).rows[0].n, 2);
-            } finally {
-              await c.end();
-            }
-            assert.equal(events(p, 'cancel_forwarded').length, 1);
-          });
-          // The session, then the cancel: both encrypted; no CancelRequest in plaintext.
-          assert.deepEqual(relay.openings, [row.opening, row.opening]);
-        } finally {
-          await relay.close();
-        }
-      });
+      const skip =
+        row.negotiation === 'direct' && !DIRECT_TLS
+          ? 'needs PostgreSQL 17+: direct TLS negotiation (its refusal by older servers is in the sslmode matrix)'
+          : false;
+      test(
+        `sslnegotiation=${row.negotiation}: pg_sleep(30) cancelled over TLS with 57014 within 2 s; the session goes on`,
+        { skip },
+        async () => {
+          const relay = await spy();
+          try {
+            const upstream = target(
+              { sslmode: 'require', sslnegotiation: row.negotiation },
+              '127.0.0.1',
+              relay.port,
+            );
+            await withProxy(upstream, async (p) => {
+              const c = await p.client({ application_name: 'upstls_cancel' });
+              try {
+                assert.equal((await sessionInfo(c)).ssl, true);
+                const text = 'SELECT pg_sleep(30)';
+                const query = new pg.Query(text);
+                const done = new Promise((resolve, reject) => {
+                  query.on('end', resolve);
+                  query.on('error', reject);
+                });
+                void c.query(query);
+                await whenRunning(text);
+                const s = testServer();
+                const other = new pg.Client({
+                  host: p.host,
+                  port: p.port,
+                  user: s.user,
+                  password: s.password,
+                });
+                const t0 = Date.now();
+                // Not in the typings: Client#cancel(target, query) sends a CancelRequest with target's keys.
+                (other as unknown as { cancel(c: pg.Client, q: pg.Query): void }).cancel(c, query);
+                await assert.rejects(done, { code: '57014' });
+                assert.ok(Date.now() - t0 < 2000, `cancelled after ${Date.now() - t0} ms`);
+                assert.equal((await c.query('SELECT 2 AS n')).rows[0].n, 2);
+              } finally {
+                await c.end();
+              }
+              assert.equal(events(p, 'cancel_forwarded').length, 1);
+            });
+            // The session, then the cancel: both encrypted; no CancelRequest in plaintext.
+            assert.deepEqual(relay.openings, [row.opening, row.opening]);
+          } finally {
+            await relay.close();
+          }
+        },
+      );
     }
 
     test('the read-only pin holds over TLS: SHOW says on, a write is refused', async () => {

@@ -281,11 +281,11 @@ describe('backend round trips (fresh and sliced buffers)', () => {
   });
 
   test('NegotiateProtocolVersion layout', () => {
-    const msg = encodeNegotiateProtocolVersion(0, ['_pq_.a', '_pq_.b']);
+    const msg = encodeNegotiateProtocolVersion(196608, ['_pq_.a', '_pq_.b']);
     const r = new MessageReader(msg, 5, msg.length);
     assert.equal(msg[0], BackendCode.NegotiateProtocolVersion);
     assert.equal(msg.readInt32BE(1), msg.length - 1);
-    assert.equal(r.int32(), 0);
+    assert.equal(r.int32(), 196608); // 3.0, as a full version code
     assert.equal(r.int32(), 2);
     assert.equal(r.cstring(), '_pq_.a');
     assert.equal(r.cstring(), '_pq_.b');
