@@ -135,6 +135,14 @@ export function decodeParse(msg: Buffer): ParseMessage {
   return { name, query, paramTypes };
 }
 
+/** The portal and statement names a Bind message names (the rest is not read). */
+export function decodeBindNames(msg: Buffer): { portal: string; statement: string } {
+  const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
+  const portal = r.cstring();
+  const statement = r.cstring();
+  return { portal, statement };
+}
+
 export function decodeExecute(msg: Buffer): { portal: string; maxRows: number } {
   const r = new MessageReader(msg, 5, 1 + msg.readInt32BE(1));
   const portal = r.cstring();

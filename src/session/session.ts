@@ -40,6 +40,7 @@ import {
   type ErrorFields,
 } from '../protocol/backend-messages.js';
 import {
+  decodeBindNames,
   decodeExecute,
   decodeParse,
   decodeQuery,
@@ -173,6 +174,14 @@ export class Session {
   private inBatch = false;
   /** A Bind (which plans, and so may fold functions) or Execute was sent in this batch: settings may have changed since. */
   private ranCodeInBatch = false;
+  /**
+   * Statements parsed in this batch, and portals bound from them, that run no
+   * user code (INERT_KINDS): their Bind and Execute do not count as ranCodeInBatch.
+   * Within a batch the last Parse of a name is what the server holds, unless it
+   * failed, and then the server skips everything until Sync anyway.
+   */
+  private readonly inertStatements = new Set<string>();
+  private readonly inertPortals = new Set<string>();
   /** The server answered an Execute in this batch with COMMIT: a new transaction began. */
   private batchCommitted = false;
   /** The server reported an error in this batch: it skips everything until Sync. */
@@ -606,18 +615,31 @@ export class Session {
         this.inBatch = false;
         this.ranCodeInBatch = false;
         this.batchCommitted = false;
+        this.inertStatements.clear();
+        this.inertPortals.clear();
         return this.toUpstream(msg);
-      case FrontendCode.Bind:
+      case FrontendCode.Bind: {
         this.inBatch = true;
         if (this.batchCommitted) return this.refuseAfterCommit('Bind', (m) => encodeBind(m));
-        this.ranCodeInBatch = true;
+        const { portal, statement } = decodeBindNames(msg);
+        if (this.inertStatements.has(statement)) this.inertPortals.add(portal);
+        else {
+          this.inertPortals.delete(portal);
+          this.ranCodeInBatch = true;
+        }
         return this.toUpstream(msg);
+      }
       case FrontendCode.Execute:
         this.inBatch = true;
         return this.onExecute(msg);
       case FrontendCode.Describe:
+        this.inBatch = true;
+        return this.toUpstream(msg);
       case FrontendCode.Close:
         this.inBatch = true;
+        // Whatever is closed is no longer known to be inert.
+        this.inertStatements.clear();
+        this.inertPortals.clear();
         return this.toUpstream(msg);
       case FrontendCode.Flush:
         return this.toUpstream(msg);
@@ -657,6 +679,7 @@ export class Session {
 
   private onParse(msg: Buffer): void {
     const parse = decodeParse(msg);
+    this.inertStatements.delete(parse.name);
     if (this.batchCommitted)
       return this.refuseAfterCommit('Parse', (m) => encodeParse(parse.name, substituteSql(m)));
     this.statements++;
@@ -678,6 +701,11 @@ export class Session {
       return this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
     }
     const decision = this.ctx.policy.classify(this.decodeText(parse.query));
+    // A statement that runs no user code and changes no setting (BEGIN, SAVEPOINT,
+    // RELEASE): binding and executing it later in this batch leaves how the
+    // server reads SQL text as it was. Drivers send their BEGIN this way.
+    if (decision.allowed && decision.statements.length === 1 && INERT_KINDS.has(decision.statements[0]!.kind))
+      this.inertStatements.add(parse.name);
     if (decision.allowed) {
       // COMMIT (with or without AND CHAIN) and DISCARD ALL end a transaction inside a batch.
       if (
@@ -718,7 +746,7 @@ export class Session {
       // A portal that cannot exist: the server fails it, naming the marker.
       return this.refuseAfterCommit('Execute', (m) => encodeExecute(m, maxRows));
     }
-    this.ranCodeInBatch = true;
+    if (!this.inertPortals.has(decodeExecute(msg).portal)) this.ranCodeInBatch = true;
     if (this.batchFailed) return this.toUpstream(msg); // skipped by the server: no answer comes
     this.executesInFlight++;
     this.toUpstream(msg);
@@ -1272,6 +1300,9 @@ const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
 const INVALID_CATALOG_NAME = '3D000';
 
 const FLUSH = encodeFlush();
+
+/** Statement kinds whose Bind and Execute run no user code and change no setting. */
+const INERT_KINDS = new Set(['BEGIN', 'START TRANSACTION', 'SAVEPOINT', 'RELEASE']);
 
 /** CommandComplete tags after which the server starts a new transaction inside a batch. */
 const NEW_TRANSACTION_TAGS = new Set(['COMMIT', 'DISCARD ALL']);

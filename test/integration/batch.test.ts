@@ -236,3 +236,74 @@ test('a client that never finishes logging in is disconnected after the startup 
     await short.close();
   }
 });
+
+test("a driver's BEGIN in the same batch (JDBC, autocommit off) does not stop a later non-ASCII or backslash statement", async () => {
+  const c = await wire();
+  try {
+    c.write(
+      ...[fe.parse('', 'BEGIN'), fe.bind('', ''), fe.execute('')],
+      ...[fe.parse('S_1', 'SAVEPOINT a'), fe.bind('P_1', 'S_1'), fe.execute('P_1')],
+      ...[fe.parse('', "SELECT 'Zoë', 'C:\\temp'"), fe.bind('', ''), fe.execute(''), fe.sync()],
+    );
+    const got = await answer(c);
+    assert.ok(!got.some((m) => label(m).startsWith('ErrorResponse')), got.map(label).join(', '));
+    const row = got.find((m) => label(m) === 'DataRow');
+    assert.ok(row?.body.toString('utf8').includes('Zoë'), got.map(label).join(', '));
+    assert.ok(row?.body.toString('utf8').includes('C:\\temp'));
+  } finally {
+    c.destroy();
+  }
+});
+
+test('an inert name does not cover a statement re-parsed under it, a portal re-bound, or a Close', async () => {
+  const cases: Array<[string, Buffer[]]> = [
+    [
+      'statement re-parsed',
+      [
+        ...[
+          fe.parse('s', 'BEGIN'),
+          fe.parse('s', 'SELECT batch_flip_scs()'),
+          fe.bind('', 's'),
+          fe.execute(''),
+        ],
+        fe.parse('', "SELECT 'a\\'"),
+      ],
+    ],
+    [
+      'portal re-bound',
+      [
+        ...[fe.parse('b', 'BEGIN'), fe.bind('', 'b'), fe.parse('f', 'SELECT batch_flip_scs()')],
+        ...[fe.bind('', 'f'), fe.execute(''), fe.parse('', "SELECT 'a\\'")],
+      ],
+    ],
+    [
+      'after a Close',
+      [
+        ...[fe.parse('b', 'BEGIN'), fe.close('S', 'b'), fe.parse('', 'SELECT batch_flip_scs()')],
+        ...[fe.bind('', ''), fe.execute(''), fe.parse('', "SELECT 'a\\'")],
+      ],
+    ],
+  ];
+  for (const [name, messages] of cases) {
+    const c = await wire();
+    try {
+      c.write(...messages, fe.bind('', ''), fe.execute(''), fe.sync());
+      const got = await answer(c);
+      assert.ok(
+        got.some((m) => label(m).startsWith('ErrorResponse')),
+        `${name}: ${got.map(label).join(', ')}`,
+      );
+      const refusal = got.find((m) => label(m) === 'ErrorResponse 0A000');
+      // Either the proxy refused the backslash statement, or the server failed the
+      // batch earlier (a named statement re-parsed, a named portal re-bound) and
+      // skipped the rest.
+      if (!refusal)
+        assert.ok(
+          got.some((m) => label(m) === 'ErrorResponse 42P05' || label(m) === 'ErrorResponse 42P03'),
+          `${name}: ${got.map(label).join(', ')}`,
+        );
+    } finally {
+      c.destroy();
+    }
+  }
+});
