@@ -14,6 +14,7 @@ COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 USER node
-EXPOSE 6432
+# 6432: PostgreSQL clients; 9432: /metrics, /healthz, /readyz (with --http-listen).
+EXPOSE 6432 9432
 ENTRYPOINT ["node", "dist/cli.js"]
 CMD ["--listen", "0.0.0.0:6432"]

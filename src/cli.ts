@@ -15,6 +15,8 @@ import {
 import { createLogger, type Logger } from './observability/logger.js';
 import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
 import { ProxyServer } from './server.js';
+import { Metrics } from './observability/metrics.js';
+import { cacheReadiness, startHttpServer } from './observability/http.js';
 import { describeTarget } from './upstream/connect.js';
 import { VERSION } from './version.js';
 
@@ -40,6 +42,7 @@ Options:
       --tls-key FILE       its private key (PEM)
       --client-tls MODE    disable, allow or require (default: allow with a
                            certificate, else disable)
+      --http-listen HOST:PORT  serve /metrics, /healthz and /readyz (off by default)
       --iterations N       hash-password: SCRAM iteration count (default 4096)
       --log-level LEVEL    fatal, error, warn, info, debug, trace or silent
   -h, --help               show this help
@@ -57,6 +60,7 @@ interface Args {
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   clientTls?: string | undefined;
+  httpListen?: string | undefined;
   iterations?: string | undefined;
   logLevel?: string | undefined;
   sql: string[];
@@ -74,6 +78,7 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'client-tls': { type: 'string' },
+      'http-listen': { type: 'string' },
       iterations: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -103,6 +108,7 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
     tlsCert: values['tls-cert'],
     tlsKey: values['tls-key'],
     clientTls: values['client-tls'],
+    httpListen: values['http-listen'],
     iterations: values.iterations,
     logLevel: values['log-level'],
     sql: rest,
@@ -118,6 +124,7 @@ function loadConfig(args: Args): ProxyConfig {
     tlsCert: args.tlsCert,
     tlsKey: args.tlsKey,
     clientTls: args.clientTls,
+    httpListen: args.httpListen,
   });
 }
 
@@ -192,9 +199,13 @@ async function runProxy(args: Args): Promise<void> {
       ].join('\n');
   }
 
+  const metrics = new Metrics({
+    defaultMetrics: config.http !== undefined,
+    decisionCacheStats: () => policy.cacheStats(),
+  });
   let server: ProxyServer;
   try {
-    server = new ProxyServer({ config, upstream, policy, logger });
+    server = new ProxyServer({ config, upstream, policy, logger, metrics });
   } catch (err) {
     await stopEmbedded?.();
     throw err;
@@ -219,6 +230,22 @@ async function runProxy(args: Args): Promise<void> {
     },
     'listening',
   );
+  let http: { close(): Promise<void> } | undefined;
+  if (config.http) {
+    try {
+      http = await startHttpServer({
+        listen: config.http.listen,
+        metrics,
+        logger,
+        ready: cacheReadiness(() => server.readiness(), 2000),
+        admin: config.http.admin ? { enabled: true, reload: () => server.reload() } : undefined,
+      });
+    } catch (err) {
+      await server.shutdown(0);
+      await stopEmbedded?.();
+      throw err;
+    }
+  }
   if (banner) process.stderr.write(banner(addr));
   warnAboutUpstreamCredentials(config, upstream, logger);
 
@@ -232,6 +259,7 @@ async function runProxy(args: Args): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'signal received');
     await server.shutdown();
+    await http?.close();
     await stopEmbedded?.();
     logger.info({ event: 'stopped' }, 'stopped');
     logger.flush();

@@ -13,12 +13,17 @@ import { CancelRegistry } from './session/cancel-registry.js';
 import { Session, type SessionContext } from './session/session.js';
 import { ClientTls } from './tls/client-tls.js';
 import { UserDirectory } from './auth/users.js';
+import { Metrics } from './observability/metrics.js';
+import { probeTcp } from './observability/http.js';
+import { parserReady } from './policy/index.js';
 
 export interface ProxyServerOptions {
   config: ProxyConfig;
   upstream: UpstreamTarget;
   policy: Policy;
   logger: Logger;
+  /** Counted whether or not they are served over HTTP. */
+  metrics?: Metrics;
 }
 
 export class ProxyServer {
@@ -35,6 +40,9 @@ export class ProxyServer {
       policy: opts.policy,
       logger: opts.logger,
       cancels: new CancelRegistry(),
+      metrics:
+        opts.metrics ??
+        new Metrics({ defaultMetrics: false, decisionCacheStats: () => opts.policy.cacheStats() }),
       clientTls: new ClientTls(opts.config.clientTls),
       users: opts.config.auth.mode === 'proxy' ? new UserDirectory(opts.config.auth) : undefined,
       upstreamRequireAuth:
@@ -47,6 +55,7 @@ export class ProxyServer {
 
   private accept(socket: Socket): void {
     if (this.closing) {
+      this.ctx.metrics.connectionResult('refused_shutdown');
       refuse(socket, SqlState.CannotConnectNow, 'the proxy is shutting down');
       return;
     }
@@ -55,6 +64,7 @@ export class ProxyServer {
         { event: 'connection_limit', limit: this.opts.config.maxClientConnections },
         'too many connections',
       );
+      this.ctx.metrics.connectionResult('refused_limit');
       refuse(socket, SqlState.TooManyConnections, 'sorry, too many clients already');
       return;
     }
@@ -79,8 +89,9 @@ export class ProxyServer {
    * Open sessions keep what they started with; each part that fails to load is
    * logged and keeps its old value. Returns whether everything reloaded.
    */
-  reload(): boolean {
+  reload(): { ok: boolean; errors: string[] } {
     let ok = true;
+    const errors: string[] = [];
     const parts: Array<[string, () => void]> = [
       ['client_tls', () => this.ctx.clientTls.reload()],
       ['users', () => this.ctx.users?.reload()],
@@ -90,6 +101,7 @@ export class ProxyServer {
         reload();
       } catch (err) {
         ok = false;
+        errors.push(`${part}: ${(err as Error).message}`);
         this.opts.logger.error(
           { event: 'reload_failed', part, err: (err as Error).message },
           `reload of ${part} failed; keeping the old one`,
@@ -100,12 +112,35 @@ export class ProxyServer {
       { event: 'reloaded', ok, certificate: this.ctx.clientTls.describe(), users: this.ctx.users?.size },
       ok ? 'reloaded' : 'reloaded with errors',
     );
-    return ok;
+    return { ok, errors };
   }
 
   /** What client TLS is serving now (for logs and tests). */
   get tlsCertificate(): Record<string, string> | undefined {
     return this.ctx.clientTls.describe();
+  }
+
+  get metrics(): Metrics {
+    return this.ctx.metrics;
+  }
+
+  /** For /readyz: the parser is loaded, the upstream accepts a TCP connection, and the proxy accepts clients. */
+  async readiness(): Promise<{ ok: boolean; checks: Record<string, boolean | string> }> {
+    const t = this.opts.upstream;
+    const target = t.host.startsWith('/')
+      ? { path: `${t.host}/.s.PGSQL.${t.port}` }
+      : { host: t.host, port: t.port };
+    const checks = {
+      parser: parserReady(),
+      upstream: await probeTcp(target, 2000),
+      accepting: !this.closing,
+    };
+    return { ok: Object.values(checks).every((v) => v === true), checks };
+  }
+
+  /** Whether new connections are still accepted (false once shutdown began). */
+  get accepting(): boolean {
+    return !this.closing;
   }
 
   get activeSessions(): number {

@@ -67,6 +67,8 @@ export interface ProxyConfig {
   /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
   startupTimeoutMs: number;
   shutdownGraceMs: number;
+  /** /metrics, /healthz, /readyz (and /admin/reload, on loopback only, when admin); undefined: off. */
+  http: { listen: { host: string; port: number }; admin: boolean } | undefined;
   logLevel: string;
   policy: Partial<PolicyOptions>;
   embedded: { dataDir: string; port: number };
@@ -116,6 +118,7 @@ type RawConfig = {
   };
   limits?: { max_client_connections?: number; max_message_bytes?: number; startup_timeout_ms?: number };
   shutdown_grace_ms?: number;
+  http?: { listen?: string; admin?: boolean };
   log?: { level?: string };
   policy?: {
     allow_statements?: string[];
@@ -276,6 +279,7 @@ export interface CliOverrides {
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   clientTls?: string | undefined;
+  httpListen?: string | undefined;
 }
 
 export function resolveConfig(
@@ -355,6 +359,7 @@ export function resolveConfig(
     maxMessageBytes: raw.limits?.max_message_bytes ?? 64 * 1024 * 1024,
     startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
     shutdownGraceMs: raw.shutdown_grace_ms ?? 30000,
+    http: resolveHttp(raw.http, overrides.httpListen),
     logLevel: raw.log?.level ?? 'info',
     policy,
     embedded: { dataDir: raw.embedded?.data_dir ?? '.data/embedded', port: raw.embedded?.port ?? 0 },
@@ -400,5 +405,20 @@ export function resolveUser(u: RawUser): ProxyUserConfig {
     upstreamPasswordEnv: u.upstream_password_env,
     upstreamPasswordFile: u.upstream_password_file,
     databases: u.databases,
+  };
+}
+
+function resolveHttp(
+  raw: RawConfig['http'],
+  flag: string | undefined,
+): { listen: { host: string; port: number }; admin: boolean } | undefined {
+  const listen = flag ?? raw?.listen;
+  if (listen === undefined) {
+    if (raw?.admin) throw new ConfigError('http.admin needs http.listen (or --http-listen)');
+    return undefined;
+  }
+  return {
+    listen: parseHostPort(listen, flag !== undefined ? '--http-listen' : 'http.listen'),
+    admin: raw?.admin ?? false,
   };
 }

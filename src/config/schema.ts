@@ -83,6 +83,14 @@ export const configSchema = {
       },
     },
     shutdown_grace_ms: { type: 'integer', minimum: 0, maximum: 3600000 },
+    http: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[^:\\s]+):[0-9]{1,5}$' },
+        admin: { type: 'boolean' },
+      },
+    },
     log: {
       type: 'object',
       additionalProperties: false,

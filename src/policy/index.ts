@@ -8,7 +8,7 @@ import { classifyWith, compileOptions } from './classify.js';
 import type { Decision, Policy, PolicyOptions } from './types.js';
 
 export * from './types.js';
-export { loadParser } from './parser.js';
+export { loadParser, parserReady } from './parser.js';
 export { formatCheckReport } from './report.js';
 export { LruCache } from './cache.js';
 
@@ -49,14 +49,20 @@ export function createPolicy(options: Partial<PolicyOptions> = {}): Policy {
   const compiled = compileOptions(merged);
   const cache = new LruCache<Decision>(merged.cacheSize);
 
+  let hits = 0;
+  let misses = 0;
   function classify(sql: string): Decision {
     const hit = cache.get(sql);
-    if (hit !== undefined) return hit;
+    if (hit !== undefined) {
+      hits++;
+      return hit;
+    }
+    misses++;
     const decision = deepFreeze(classifyWith(sql, compiled));
     // Internal failures (e.g. the parser not loaded yet) are not cached.
     if (decision.refusal?.code !== 'internal_error') cache.set(sql, decision);
     return decision;
   }
 
-  return { classify, options: merged };
+  return { classify, options: merged, cacheStats: () => ({ hits, misses }) };
 }

@@ -119,4 +119,6 @@ export interface PolicyOptions {
 export interface Policy {
   classify(sql: string): Decision;
   readonly options: Readonly<PolicyOptions>;
+  /** Decision-cache lookups so far, for metrics. */
+  cacheStats(): { hits: number; misses: number };
 }

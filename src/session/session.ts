@@ -13,9 +13,11 @@
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../observability/logger.js';
+import { connectionResultFor, type Metrics } from '../observability/metrics.js';
 import type { ProxyConfig, UpstreamTarget } from '../config/config.js';
-import type { Policy, Refusal } from '../policy/types.js';
+import type { Decision, Policy, Refusal } from '../policy/types.js';
 import type { ClientTls } from '../tls/client-tls.js';
 import type { ProxyUser, UserDirectory } from '../auth/users.js';
 import { tlsServerEndPoint } from '../auth/channel-binding.js';
@@ -74,6 +76,7 @@ export interface SessionContext {
   policy: Policy;
   logger: Logger;
   cancels: CancelRegistry;
+  metrics: Metrics;
   clientTls: ClientTls;
   /** Proxy-managed users (auth.mode proxy); undefined: passthrough. */
   users: UserDirectory | undefined;
@@ -202,6 +205,10 @@ export class Session {
   private pending: { nonce: string; refusal: Refusal } | undefined;
 
   private statements = 0;
+  /** When the sync point in flight was sent (the barrier keeps one in flight), for the query-time histogram. */
+  private syncSentAt = 0;
+  /** This connection's outcome has been counted (once it became ready). */
+  private resultCounted = false;
   private refused = 0;
   private closeReason = '';
   /** Set by an inspector that ended the session: close once its last message is written. */
@@ -227,6 +234,7 @@ export class Session {
     }, ctx.config.startupTimeoutMs);
     this.startupTimer.unref();
     this.bindClient(client);
+    ctx.metrics.connectionOpened();
     this.log.info({ event: 'connection_opened' }, 'connection opened');
   }
 
@@ -245,6 +253,7 @@ export class Session {
   }
 
   private onClientData(chunk: Buffer): void {
+    this.ctx.metrics.bytesIn(chunk.length);
     if (!this.sawFirstBytes) {
       this.sawFirstBytes = true;
       // A TLS handshake record as the very first byte: direct TLS (PostgreSQL 17's
@@ -416,6 +425,7 @@ export class Session {
         break;
     }
     if (!this.clientTls && this.ctx.clientTls.mode === 'require') {
+      this.ctx.metrics.securityEvent('plaintext_refused');
       this.log.warn(
         { event: 'security', kind: 'plaintext_refused', user: packet.params.get('user') },
         'plaintext connection refused: TLS is required',
@@ -433,6 +443,7 @@ export class Session {
     const result = sanitiseStartup(packet.params, this.ctx.policy);
     if (!result.ok) {
       const r = result.refusal;
+      this.ctx.metrics.securityEvent(r.event);
       this.log.warn(
         {
           event: 'security',
@@ -485,6 +496,7 @@ export class Session {
         this.client.write(step.message);
         return;
       case 'failed':
+        this.ctx.metrics.securityEvent('auth_failed');
         this.log.warn(
           { event: 'security', kind: 'auth_failed', reason: step.reason, user: this.user },
           `authentication failed: ${step.error.message}`,
@@ -495,6 +507,7 @@ export class Session {
         this.clientAuth = undefined;
         const user = step.user;
         if (user.databases && !user.databases.has(this.database)) {
+          this.ctx.metrics.securityEvent('database_not_granted');
           this.log.warn(
             { event: 'security', kind: 'database_not_granted', user: this.user, database: this.database },
             'database not granted to this proxy user',
@@ -612,6 +625,7 @@ export class Session {
         return this.onParse(msg);
       case FrontendCode.Sync:
         this.segmentsSent++;
+        this.syncSentAt = performance.now();
         this.inBatch = false;
         this.ranCodeInBatch = false;
         this.batchCommitted = false;
@@ -670,8 +684,9 @@ export class Session {
   private onQuery(msg: Buffer): void {
     const sql = this.decodeText(decodeQuery(msg));
     this.statements++;
-    const decision = this.ctx.policy.classify(sql);
+    const decision = this.classify(sql);
     this.segmentsSent++;
+    this.syncSentAt = performance.now();
     if (decision.allowed) return this.toUpstream(msg);
     const marker = this.recordRefusal(decision.refusal!, 'Query');
     this.toUpstream(encodeQuery(substituteSql(marker)));
@@ -700,7 +715,7 @@ export class Session {
       );
       return this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
     }
-    const decision = this.ctx.policy.classify(this.decodeText(parse.query));
+    const decision = this.classify(this.decodeText(parse.query));
     // A statement that runs no user code and changes no setting (BEGIN, SAVEPOINT,
     // RELEASE): binding and executing it later in this batch leaves how the
     // server reads SQL text as it was. Drivers send their BEGIN this way.
@@ -780,6 +795,7 @@ export class Session {
 
   private onFunctionCall(): void {
     this.segmentsSent++;
+    this.syncSentAt = performance.now();
     this.statements++;
     const marker = this.recordRefusal(
       {
@@ -794,8 +810,19 @@ export class Session {
     this.toUpstream(encodeQuery(substituteSql(marker)));
   }
 
+  /** The policy's decision, timed and counted (a refusal is counted where it is recorded). */
+  private classify(sql: string): Decision {
+    const started = performance.now();
+    const decision = this.ctx.policy.classify(sql);
+    const m = this.ctx.metrics;
+    m.observeClassification((performance.now() - started) / 1e3);
+    if (decision.allowed) for (const st of decision.statements) m.statement(true, st.kind);
+    return decision;
+  }
+
   private recordRefusal(refusal: Refusal, via: string): string {
     this.refused++;
+    this.ctx.metrics.statement(false, refusal.kind, refusal.code);
     const nonce = randomBytes(8).toString('hex');
     this.pending ??= { nonce, refusal };
     this.log.warn(
@@ -820,11 +847,13 @@ export class Session {
     let socket: Socket;
     this.upstreamAttempt = attempt;
     try {
+      const started = performance.now();
       const conn = await connectUpstream(
         this.ctx.upstream,
         this.ctx.config.upstreamConnectTimeoutMs,
         attempt,
       );
+      this.ctx.metrics.observeUpstreamConnect((performance.now() - started) / 1e3);
       socket = conn.socket;
       this.upstreamTls = conn.tls;
     } catch (err) {
@@ -931,6 +960,9 @@ export class Session {
     }
     const c = this.client;
     let ok = true;
+    let n = 0;
+    for (const p of pieces) n += p.length;
+    this.ctx.metrics.bytesOut(n);
     if (pieces.length === 1) ok = c.write(pieces[0]!);
     else if (pieces.length > 1) {
       c.cork();
@@ -1091,6 +1123,7 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
+    this.ctx.metrics.observeQuery((performance.now() - this.syncSentAt) / 1e3);
     this.batchFailed = false;
     this.executesInFlight = 0;
     if (this.awaitingReady && this.segmentsDone >= this.segmentsSent) {
@@ -1107,6 +1140,8 @@ export class Session {
 
   private becomeReady(msg: Buffer): Buffer {
     this.phase = 'ready';
+    this.ctx.metrics.connectionResult('ok');
+    this.resultCounted = true;
     clearTimeout(this.startupTimer);
     this.framer.setMaxLength(this.ctx.config.maxMessageBytes);
     this.log.info(
@@ -1172,6 +1207,7 @@ export class Session {
 
   /** The upstream session stopped being read-only: end it at once. */
   private pinViolation(why: string): Verdict {
+    this.ctx.metrics.securityEvent('pin_violation');
     this.log.error(
       { event: 'security', kind: 'pin_violation', why, user: this.user, database: this.database },
       `read-only pin violated: ${why}`,
@@ -1238,6 +1274,7 @@ export class Session {
 
   /** Sends a FATAL error to the client, then closes both sides. */
   fatal(e: Omit<ErrorFields, 'severity'>, kind: string): void {
+    if (this.phase !== 'closed') this.ctx.metrics.error(kind);
     this.log.warn({ event: 'fatal', kind, sqlstate: e.code }, e.message);
     this.endWith(encodeErrorResponse({ severity: 'FATAL', ...e }), kind);
   }
@@ -1265,6 +1302,9 @@ export class Session {
   close(reason: string): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.ctx.metrics.connectionClosed();
+    if (!this.resultCounted)
+      this.ctx.metrics.connectionResult(connectionResultFor(this.closeReason || reason));
     clearTimeout(this.startupTimer);
     this.closeReason ||= reason;
     const up = this.upstream;

@@ -741,7 +741,7 @@ describe('reload: a new certificate for new connections, open sessions undisturb
       const pid = (await old.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
       copyFileSync(certs.localhostRenewed.cert, files.cert);
       copyFileSync(certs.localhostRenewed.key, files.key);
-      assert.equal(proxy.server.reload(), true);
+      assert.equal(proxy.server.reload().ok, true);
       assert.equal(await fingerprint(proxy.port), renewed);
       assert.equal(proxy.server.tlsCertificate?.fingerprint256, renewed);
       const reloaded = proxy.logs.filter((l) => l.event === 'reloaded');
@@ -750,14 +750,14 @@ describe('reload: a new certificate for new connections, open sessions undisturb
       assert.deepEqual((await old.query('SELECT pg_backend_pid() AS pid')).rows, [{ pid }]);
 
       writeFileSync(files.key, '-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n');
-      assert.equal(proxy.server.reload(), false);
+      assert.equal(proxy.server.reload().ok, false);
       const failed = proxy.logs.filter((l) => l.event === 'reload_failed');
       assert.equal(failed.at(-1)?.part, 'client_tls');
       assert.match(String(failed.at(-1)?.err), /client_tls/);
       assert.equal(await fingerprint(proxy.port), renewed, 'the renewed certificate is still served');
       // a key that does not belong to the certificate is refused the same way
       copyFileSync(certs.localhost.key, files.key);
-      assert.equal(proxy.server.reload(), false);
+      assert.equal(proxy.server.reload().ok, false);
       assert.equal(await fingerprint(proxy.port), renewed);
       assert.deepEqual((await old.query('SELECT pg_backend_pid() AS pid')).rows, [{ pid }]);
       // new sessions work with the renewed certificate under verify-full
@@ -811,7 +811,7 @@ describe('reload between the TLS handshake and a SCRAM-SHA-256-PLUS login', () =
       assert.equal(served.fingerprint256, fingerprintOf(certs.localhost.cert));
       copyFileSync(certs.localhostRenewed.cert, files.cert);
       copyFileSync(certs.localhostRenewed.key, files.key);
-      assert.equal(proxy.server.reload(), true);
+      assert.equal(proxy.server.reload().ok, true);
       assert.equal(await fingerprint(proxy.port), fingerprintOf(certs.localhostRenewed.cert));
 
       r.socket.write(

@@ -497,7 +497,7 @@ describe('users_file and upstream_password_file, reloaded', () => {
     try {
       const pid = (await held.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
       writeUsers({ file_two: 'two-pw', file_three: 'three-pw' });
-      assert.equal(proxy.server.reload(), true);
+      assert.equal(proxy.server.reload().ok, true);
       assert.equal(proxy.logs.filter((l) => l.event === 'reloaded').at(-1)?.users, 3);
       assert.equal(await loginsAs('file_three', 'three-pw'), true);
       const gone = await login(proxy, 'file_one', 'one-pw');
@@ -520,14 +520,14 @@ describe('users_file and upstream_password_file, reloaded', () => {
       ];
       for (const [what, text, err] of bad) {
         writeFileSync(usersFile, text);
-        assert.equal(proxy.server.reload(), false, what);
+        assert.equal(proxy.server.reload().ok, false, what);
         const line = proxy.logs.filter((l) => l.event === 'reload_failed').at(-1)!;
         assert.equal(line.part, 'users', what);
         assert.match(String(line.err), err, what);
         assert.ok(!String(line.err).includes('hunter2'), 'the plaintext password is not logged');
       }
       rmSync(usersFile);
-      assert.equal(proxy.server.reload(), false, 'a missing users file');
+      assert.equal(proxy.server.reload().ok, false, 'a missing users file');
       assert.equal(await loginsAs('file_three', 'three-pw'), true, 'the old users are kept');
       assert.equal(await loginsAs('file_one', 'one-pw'), false);
       assert.deepEqual((await held.query('SELECT pg_backend_pid() AS pid')).rows, [{ pid }]);
@@ -540,13 +540,13 @@ describe('users_file and upstream_password_file, reloaded', () => {
     writeUsers({ file_three: 'three-pw' });
     writeFileSync(passwordFile, `${UP_WRONG}\n`);
     try {
-      assert.equal(proxy.server.reload(), true);
+      assert.equal(proxy.server.reload().ok, true);
       const r = await login(proxy, 'file_three', 'three-pw');
       assert.match(r.stderr, /could not log in upstream for user "file_three"/);
     } finally {
       writeFileSync(passwordFile, `${UP_PASSWORD}\n`);
     }
-    assert.equal(proxy.server.reload(), true);
+    assert.equal(proxy.server.reload().ok, true);
     assert.equal(await loginsAs('file_three', 'three-pw'), true);
   });
 });
