@@ -4,6 +4,7 @@
  * the embedded default), or the `check` subcommand.
  */
 import { readFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { parseArgs } from 'node:util';
 import {
   ConfigError,
@@ -27,6 +28,8 @@ Usage:
   pg-readonly-proxy check [options] SQL  print the policy's decision for each statement
                                          (reads SQL from stdin when none is given;
                                          exit 1 if anything is refused)
+  pg-readonly-proxy doctor [options]     check the upstream role before handing the proxy out
+                                         (exit 1 at --fail-on or above, 2 if it cannot log in)
   pg-readonly-proxy hash-password        print a SCRAM-SHA-256 verifier for a password
                                          (asked for on a terminal, else read from stdin),
                                          for auth.users.*.password
@@ -44,6 +47,11 @@ Options:
                            certificate, else disable)
       --http-listen HOST:PORT  serve /metrics, /healthz and /readyz (off by default)
       --iterations N       hash-password: SCRAM iteration count (default 4096)
+      --user U             doctor: the role (with auth.mode proxy: a proxy user) to check
+      --password-env VAR   doctor: its upstream password from this environment variable
+      --database D         doctor: the database to check (default: the user name)
+      --json               doctor: print the report as JSON
+      --fail-on SEVERITY   doctor: exit 1 at info, low, medium, high (default) or critical
       --log-level LEVEL    fatal, error, warn, info, debug, trace or silent
   -h, --help               show this help
   -v, --version            show the version
@@ -53,7 +61,12 @@ certificate, the users file and upstream password files.
 `;
 
 interface Args {
-  command: 'run' | 'check' | 'hash-password';
+  command: 'run' | 'check' | 'hash-password' | 'doctor';
+  user?: string | undefined;
+  passwordEnv?: string | undefined;
+  database?: string | undefined;
+  json?: boolean | undefined;
+  failOn?: string | undefined;
   config?: string | undefined;
   listen?: string | undefined;
   upstream?: string | undefined;
@@ -80,6 +93,11 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
       'client-tls': { type: 'string' },
       'http-listen': { type: 'string' },
       iterations: { type: 'string' },
+      user: { type: 'string' },
+      'password-env': { type: 'string' },
+      database: { type: 'string' },
+      json: { type: 'boolean' },
+      'fail-on': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
@@ -89,9 +107,11 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
   if (values.version) return 'version';
   let command: Args['command'] = 'run';
   const rest = [...positionals];
-  if (rest[0] === 'check' || rest[0] === 'hash-password') {
+  if (rest[0] === 'check' || rest[0] === 'hash-password' || rest[0] === 'doctor') {
     command = rest[0];
     rest.shift();
+    if (command === 'doctor' && rest.length > 0)
+      throw new ConfigError('doctor takes options only (see --help)');
     if (command === 'hash-password' && rest.length > 0) {
       throw new ConfigError(
         'hash-password takes no arguments: the password is read from the terminal or stdin',
@@ -110,6 +130,11 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
     clientTls: values['client-tls'],
     httpListen: values['http-listen'],
     iterations: values.iterations,
+    user: values.user,
+    passwordEnv: values['password-env'],
+    database: values.database,
+    json: values.json,
+    failOn: values['fail-on'],
     logLevel: values['log-level'],
     sql: rest,
   };
@@ -149,6 +174,31 @@ async function runHashPassword(args: Args): Promise<number> {
   if (password === '') throw new ConfigError('empty password');
   process.stdout.write(createScramVerifier(password, { iterations }) + '\n');
   return 0;
+}
+
+async function runDoctorCommand(args: Args): Promise<number> {
+  const config = loadConfig(args);
+  if (!config.upstream) {
+    throw new ConfigError('doctor needs an upstream: --upstream, PGHOST or upstream in the config');
+  }
+  const { runDoctor, parseSeverity, DEFAULT_FAIL_ON } = await import('./doctor/index.js');
+  const failOn = args.failOn ? parseSeverity(args.failOn) : DEFAULT_FAIL_ON;
+  const user = args.user ?? process.env.PGUSER ?? userInfo().username;
+  let password: string | undefined;
+  if (args.passwordEnv) {
+    password = process.env[args.passwordEnv];
+    if (password === undefined) throw new ConfigError(`--password-env: ${args.passwordEnv} is not set`);
+  }
+  return runDoctor({
+    config,
+    upstream: config.upstream,
+    user,
+    password,
+    database: args.database ?? process.env.PGDATABASE ?? user,
+    json: args.json === true,
+    failOn,
+    out: process.stdout,
+  });
 }
 
 async function runProxy(args: Args): Promise<void> {
@@ -304,6 +354,7 @@ async function main(): Promise<void> {
   try {
     if (args.command === 'check') process.exitCode = await runCheck(args);
     else if (args.command === 'hash-password') process.exitCode = await runHashPassword(args);
+    else if (args.command === 'doctor') process.exitCode = await runDoctorCommand(args);
     else await runProxy(args);
   } catch (err) {
     const message = err instanceof ConfigError ? err.message : ((err as Error).stack ?? String(err));

@@ -82,7 +82,7 @@ export function fallbackAttempt(target: UpstreamTarget, firstWasTls: boolean): A
 }
 
 /** Files are read at each connection, so a rotated certificate or CA bundle is picked up. */
-function tlsOptions(target: UpstreamTarget): ConnectionOptions {
+export function tlsOptions(target: UpstreamTarget): ConnectionOptions {
   const t = target.tls;
   const ip = isIP(target.host) !== 0;
   // libpq checks the chain whenever a root certificate is given: sslmode=require
