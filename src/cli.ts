@@ -280,6 +280,31 @@ async function runProxy(args: Args): Promise<void> {
     },
     'listening',
   );
+  /**
+   * SIGHUP and /admin/reload: the config file read again (policy, limits, log
+   * level, TLS and users settings for new connections and statements; an invalid
+   * file is refused and everything old kept), then certificates, the users file
+   * and upstream password files read again.
+   */
+  const reloadAll = (): { ok: boolean; errors: string[] } => {
+    const errors: string[] = [];
+    if (args.config) {
+      try {
+        const next = loadConfig(args);
+        const applied = server.applyConfig(next, createPolicy(next.policy));
+        errors.push(...applied.errors);
+      } catch (err) {
+        const message = (err as Error).message;
+        logger.error(
+          { event: 'reload_failed', part: 'config', err: message },
+          'new configuration refused; keeping the old one',
+        );
+        errors.push(`config: ${message}`);
+      }
+    }
+    errors.push(...server.reload().errors);
+    return { ok: errors.length === 0, errors };
+  };
   let http: { close(): Promise<void> } | undefined;
   if (config.http) {
     try {
@@ -288,7 +313,7 @@ async function runProxy(args: Args): Promise<void> {
         metrics,
         logger,
         ready: cacheReadiness(() => server.readiness(), 2000),
-        admin: config.http.admin ? { enabled: true, reload: () => server.reload() } : undefined,
+        admin: config.http.admin ? { enabled: true, reload: () => reloadAll() } : undefined,
       });
     } catch (err) {
       await server.shutdown(0);
@@ -316,7 +341,7 @@ async function runProxy(args: Args): Promise<void> {
     process.exitCode = 0;
     setTimeout(() => process.exit(0), 200).unref();
   };
-  hooks.reload = () => void server.reload();
+  hooks.reload = () => void reloadAll();
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }

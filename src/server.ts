@@ -59,11 +59,9 @@ export class ProxyServer {
       refuse(socket, SqlState.CannotConnectNow, 'the proxy is shutting down');
       return;
     }
-    if (this.sessions.size >= this.opts.config.maxClientConnections) {
-      this.opts.logger.warn(
-        { event: 'connection_limit', limit: this.opts.config.maxClientConnections },
-        'too many connections',
-      );
+    const limit = this.ctx.config.maxClientConnections;
+    if (this.sessions.size >= limit) {
+      this.opts.logger.warn({ event: 'connection_limit', limit }, 'too many connections');
       this.ctx.metrics.connectionResult('refused_limit');
       refuse(socket, SqlState.TooManyConnections, 'sorry, too many clients already');
       return;
@@ -115,6 +113,55 @@ export class ProxyServer {
     return { ok, errors };
   }
 
+  /**
+   * SIGHUP with a config file: a new configuration for new connections and new
+   * statements. Policy, limits, log level, client TLS and users change; what a
+   * running listener cannot change (where it listens, the upstream, the HTTP
+   * listener, the auth mode, the embedded server) is kept and reported. Every
+   * part is built before anything is swapped, so an error keeps all of the old.
+   */
+  applyConfig(next: ProxyConfig, policy: Policy): { ok: boolean; errors: string[]; restartNeeded: string[] } {
+    const old = this.ctx.config;
+    const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+    const fixed: Array<[string, unknown, unknown]> = [
+      ['listen', old.listen, next.listen],
+      ['upstream', old.upstream, next.upstream],
+      ['http', old.http, next.http],
+      ['auth.mode', old.auth.mode, next.auth.mode],
+      ['embedded', old.embedded, next.embedded],
+    ];
+    const restartNeeded = fixed.filter(([, a, b]) => !same(a, b)).map(([name]) => name);
+    let clientTls: ClientTls;
+    let users: UserDirectory | undefined;
+    try {
+      clientTls = same(old.clientTls, next.clientTls) ? this.ctx.clientTls : new ClientTls(next.clientTls);
+      users = old.auth.mode === 'proxy' ? new UserDirectory({ ...next.auth, mode: 'proxy' }) : undefined;
+    } catch (err) {
+      const message = (err as Error).message;
+      this.opts.logger.error(
+        { event: 'reload_failed', part: 'config', err: message },
+        'new configuration refused',
+      );
+      return { ok: false, errors: [`config: ${message}`], restartNeeded };
+    }
+    const kept = { listen: old.listen, upstream: old.upstream, http: old.http, embedded: old.embedded };
+    this.ctx.config = { ...next, ...kept, auth: { ...next.auth, mode: old.auth.mode } };
+    this.ctx.policy = policy;
+    this.ctx.clientTls = clientTls;
+    this.ctx.users = users;
+    this.ctx.upstreamRequireAuth = next.auth.upstreamRequireAuth && new Set(next.auth.upstreamRequireAuth);
+    this.ctx.metrics.setDecisionCacheStats(() => policy.cacheStats());
+    this.opts.logger.level = next.logLevel;
+    if (restartNeeded.length > 0) {
+      this.opts.logger.warn(
+        { event: 'reload_needs_restart', settings: restartNeeded },
+        'some changed settings take effect only after a restart; their old values are kept',
+      );
+    }
+    this.opts.logger.info({ event: 'config_applied', log_level: next.logLevel }, 'configuration applied');
+    return { ok: true, errors: [], restartNeeded };
+  }
+
   /** What client TLS is serving now (for logs and tests). */
   get tlsCertificate(): Record<string, string> | undefined {
     return this.ctx.clientTls.describe();
@@ -148,7 +195,7 @@ export class ProxyServer {
   }
 
   /** Stops accepting; waits up to graceMs for sessions to end, then ends the rest. */
-  async shutdown(graceMs = this.opts.config.shutdownGraceMs): Promise<void> {
+  async shutdown(graceMs = this.ctx.config.shutdownGraceMs): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     this.opts.logger.info(

@@ -4,7 +4,7 @@
  * broken file is logged and the old one kept, and SIGTERM still stops it.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
@@ -16,6 +16,7 @@ import pg from 'pg';
 import { createScramVerifier } from '../../src/auth/scram.js';
 import { psql } from '../fixtures/integration/psql.js';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
+import { Cli } from '../helpers/cli-process.js';
 import { direct, testServer } from '../helpers/harness.js';
 import { encodeSslRequest } from '../helpers/raw-client.js';
 
@@ -48,35 +49,6 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
   rmSync(certs.dir, { recursive: true, force: true });
 });
-
-/** The proxy's JSON log lines on stdout, as they come. */
-class Cli {
-  readonly lines: Array<Record<string, unknown>> = [];
-  stderr = '';
-  readonly exited: Promise<number | null>;
-  private partial = '';
-
-  constructor(readonly child: ChildProcess) {
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      const parts = (this.partial + chunk).split('\n');
-      this.partial = parts.pop()!;
-      for (const p of parts) if (p.trim()) this.lines.push(JSON.parse(p) as Record<string, unknown>);
-    });
-    child.stderr!.setEncoding('utf8').on('data', (c: string) => (this.stderr += c));
-    this.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
-  }
-
-  /** Waits for the n-th (1-based) log line matching `pred`. */
-  async line(pred: (l: Record<string, unknown>) => boolean, n = 1): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const hits = this.lines.filter(pred);
-      if (hits.length >= n) return hits[n - 1]!;
-      assert.ok(Date.now() < deadline, `no such log line; stderr: ${this.stderr}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
 
 async function fingerprint(port: number): Promise<string> {
   const raw = netConnect({ host: '127.0.0.1', port });
@@ -197,14 +169,15 @@ test('SIGHUP reloads the certificate and the users file; a broken file is logged
     assert.match(gone.stderr, /password authentication failed for user "cli_first"/);
     assert.deepEqual((await open.query('SELECT 1 AS n')).rows, [{ n: 1 }], 'the open session is undisturbed');
 
-    // A broken key and a users file that does not parse: both logged, both kept.
+    // A broken key and a users file that does not parse: both logged, both kept
+    // (the users file is read twice: for the configuration, then on its own).
     writeFileSync(key, 'not a key\n');
     writeFileSync(users, 'users: [\n');
     cli.child.kill('SIGHUP');
     const again = await cli.line((l) => l.event === 'reloaded', 2);
     assert.equal(again.ok, false);
     const failed = cli.lines.filter((l) => l.event === 'reload_failed').map((l) => l.part);
-    assert.deepEqual(failed.sort(), ['client_tls', 'users']);
+    assert.deepEqual(failed.sort(), ['client_tls', 'config', 'users']);
     assert.equal(await fingerprint(port), renewed);
     assert.equal((await login('cli_second', 'second-pw')).status, 0);
     assert.deepEqual((await open.query('SELECT 2 AS n')).rows, [{ n: 2 }]);
