@@ -3,7 +3,8 @@
  * stale build is involved), with its JSON log lines collected as they come.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { testServer } from './harness.js';
 
 export class Cli {
   readonly lines: Array<Record<string, unknown>> = [];
@@ -31,4 +32,29 @@ export class Cli {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+/**
+ * Starts the proxy from source with a config file, in front of the test server
+ * (plaintext upstream), listening on a free port; libpq's PGHOST / PGPORT are
+ * taken out of the environment so only these arguments count.
+ */
+export function startCli(config: string, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Cli {
+  const s = testServer();
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extraEnv };
+  delete env.PGHOST;
+  delete env.PGPORT;
+  const args = [
+    '--import',
+    'tsx',
+    'src/cli.ts',
+    '--config',
+    config,
+    '--upstream',
+    `postgres://${s.host}:${s.port}?sslmode=disable`,
+    '--listen',
+    '127.0.0.1:0',
+    ...extraArgs,
+  ];
+  return new Cli(spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] }));
 }

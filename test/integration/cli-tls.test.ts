@@ -4,7 +4,6 @@
  * broken file is logged and the old one kept, and SIGTERM still stops it.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
@@ -16,8 +15,8 @@ import pg from 'pg';
 import { createScramVerifier } from '../../src/auth/scram.js';
 import { psql } from '../fixtures/integration/psql.js';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
-import { Cli } from '../helpers/cli-process.js';
-import { direct, testServer } from '../helpers/harness.js';
+import { startCli } from '../helpers/cli-process.js';
+import { direct } from '../helpers/harness.js';
 import { encodeSslRequest } from '../helpers/raw-client.js';
 
 const UPSTREAM_ROLE = 'cli_tls_reader';
@@ -94,33 +93,9 @@ test('SIGHUP reloads the certificate and the users file; a broken file is logged
   copyFileSync(certs.localhost.key, key);
   writeFileSync(users, usersYaml({ cli_first: 'first-pw' }));
   writeFileSync(config, `auth:\n  mode: proxy\n  users_file: ${users}\nlog:\n  level: info\n`);
-  const s = testServer();
-  const env: NodeJS.ProcessEnv = { ...process.env, [ENV_VAR]: UPSTREAM_PASSWORD };
-  delete env.PGHOST;
-  delete env.PGPORT;
-  const cli = new Cli(
-    spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        'src/cli.ts',
-        '--config',
-        config,
-        '--upstream',
-        `postgres://${s.host}:${s.port}?sslmode=disable`,
-        '--listen',
-        '127.0.0.1:0',
-        '--tls-cert',
-        cert,
-        '--tls-key',
-        key,
-        '--client-tls',
-        'require',
-      ],
-      { env, stdio: ['ignore', 'pipe', 'pipe'] },
-    ),
-  );
+  const cli = startCli(config, ['--tls-cert', cert, '--tls-key', key, '--client-tls', 'require'], {
+    [ENV_VAR]: UPSTREAM_PASSWORD,
+  });
   let open: pg.Client | undefined;
   try {
     const listening = await cli.line((l) => l.event === 'listening');

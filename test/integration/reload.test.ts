@@ -6,13 +6,12 @@
  * and reported.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
-import { Cli } from '../helpers/cli-process.js';
+import { startCli } from '../helpers/cli-process.js';
 import { testServer } from '../helpers/harness.js';
 
 let dir: string;
@@ -26,26 +25,7 @@ test('SIGHUP: a new policy, limit and log level apply to the open session and ne
   const config = path.join(dir, 'config.yaml');
   const write = (body: string): void => writeFileSync(config, `log:\n  level: info\n${body}`);
   write('');
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.PGHOST;
-  delete env.PGPORT;
-  const cli = new Cli(
-    spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        'src/cli.ts',
-        '--config',
-        config,
-        '--upstream',
-        `postgres://${s.host}:${s.port}?sslmode=disable`,
-        '--listen',
-        '127.0.0.1:0',
-      ],
-      { env, stdio: ['ignore', 'pipe', 'pipe'] },
-    ),
-  );
+  const cli = startCli(config);
   const client = (): pg.Client =>
     new pg.Client({ host: '127.0.0.1', port, user: s.user, password: s.password, database: 'postgres' });
   let port = 0;
