@@ -14,6 +14,9 @@ import { Session, type SessionContext } from './session/session.js';
 import { ClientTls } from './tls/client-tls.js';
 import { UserDirectory } from './auth/users.js';
 import { Metrics } from './observability/metrics.js';
+import { Audit } from './observability/audit.js';
+import { createLogger } from './observability/logger.js';
+import { pino } from 'pino';
 import { probeTcp } from './observability/http.js';
 import { parserReady } from './policy/index.js';
 
@@ -40,6 +43,7 @@ export class ProxyServer {
       policy: opts.policy,
       logger: opts.logger,
       cancels: new CancelRegistry(),
+      audit: makeAudit(opts.config, opts.logger),
       metrics:
         opts.metrics ??
         new Metrics({ defaultMetrics: false, decisionCacheStats: () => opts.policy.cacheStats() }),
@@ -223,4 +227,16 @@ function refuse(socket: Socket, code: string, message: string): void {
   socket.resume();
   socket.end(encodeErrorResponse({ severity: 'FATAL', code, message }));
   setTimeout(() => socket.destroy(), 1000).unref();
+}
+
+/**
+ * The audit log: with the other logs (at info whatever their level) or in a
+ * file of its own; undefined when the operator turned it off.
+ */
+function makeAudit(config: ProxyConfig, logger: Logger): Audit | undefined {
+  if (!config.audit.enabled) return undefined;
+  const target = config.audit.file
+    ? createLogger('info', pino.destination({ dest: config.audit.file, mkdir: true, sync: false }))
+    : logger.child({}, { level: 'info' });
+  return new Audit(target, config.audit.includeText);
 }

@@ -67,6 +67,8 @@ export interface ProxyConfig {
   /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
   startupTimeoutMs: number;
   shutdownGraceMs: number;
+  /** One record per statement: on stdout with the other logs, or in a file of its own. */
+  audit: { enabled: boolean; file?: string | undefined; includeText: boolean };
   /** /metrics, /healthz, /readyz (and /admin/reload, on loopback only, when admin); undefined: off. */
   http: { listen: { host: string; port: number }; admin: boolean } | undefined;
   logLevel: string;
@@ -119,6 +121,7 @@ type RawConfig = {
   limits?: { max_client_connections?: number; max_message_bytes?: number; startup_timeout_ms?: number };
   shutdown_grace_ms?: number;
   http?: { listen?: string; admin?: boolean };
+  audit?: { enabled?: boolean; file?: string; include_text?: boolean };
   log?: { level?: string };
   policy?: {
     allow_statements?: string[];
@@ -360,6 +363,11 @@ export function resolveConfig(
     startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
     shutdownGraceMs: raw.shutdown_grace_ms ?? 30000,
     http: resolveHttp(raw.http, overrides.httpListen),
+    audit: {
+      enabled: raw.audit?.enabled ?? true,
+      file: raw.audit?.file,
+      includeText: raw.audit?.include_text ?? false,
+    },
     logLevel: raw.log?.level ?? 'info',
     policy,
     embedded: { dataDir: raw.embedded?.data_dir ?? '.data/embedded', port: raw.embedded?.port ?? 0 },

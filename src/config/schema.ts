@@ -83,6 +83,15 @@ export const configSchema = {
       },
     },
     shutdown_grace_ms: { type: 'integer', minimum: 0, maximum: 3600000 },
+    audit: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        enabled: { type: 'boolean' },
+        file: { type: 'string', minLength: 1 },
+        include_text: { type: 'boolean' },
+      },
+    },
     http: {
       type: 'object',
       additionalProperties: false,

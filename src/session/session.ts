@@ -16,6 +16,7 @@ import { TLSSocket } from 'node:tls';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../observability/logger.js';
 import { connectionResultFor, type Metrics } from '../observability/metrics.js';
+import { rowsOfTag, type Audit, type AuditSession } from '../observability/audit.js';
 import type { ProxyConfig, UpstreamTarget } from '../config/config.js';
 import type { Decision, Policy, Refusal } from '../policy/types.js';
 import type { ClientTls } from '../tls/client-tls.js';
@@ -77,6 +78,7 @@ export interface SessionContext {
   logger: Logger;
   cancels: CancelRegistry;
   metrics: Metrics;
+  audit?: Audit | undefined;
   clientTls: ClientTls;
   /** Proxy-managed users (auth.mode proxy); undefined: passthrough. */
   users: UserDirectory | undefined;
@@ -205,6 +207,11 @@ export class Session {
   private pending: { nonce: string; refusal: Refusal } | undefined;
 
   private statements = 0;
+  /** The simple query in flight, for its audit record at ReadyForQuery. */
+  private audited: { sql: string; decision: Decision; rows: number; bytes: number } | undefined;
+  private auditDue:
+    { sql: string; decision: Decision; rows: number; bytes: number; durationMs: number } | undefined;
+  private readonly clientAddress: string;
   /** When the sync point in flight was sent (the barrier keeps one in flight), for the query-time histogram. */
   private syncSentAt = 0;
   /** This connection's outcome has been counted (once it became ready). */
@@ -219,10 +226,8 @@ export class Session {
     private readonly ctx: SessionContext,
   ) {
     this.client = client;
-    this.log = ctx.logger.child({
-      session: this.id,
-      client: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
-    });
+    this.clientAddress = `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`;
+    this.log = ctx.logger.child({ session: this.id, client: this.clientAddress });
     this.framer = new MessageFramer(Math.min(MAX_STARTUP_PACKET, ctx.config.maxMessageBytes), {
       untypedFirst: true,
     });
@@ -687,6 +692,7 @@ export class Session {
     const decision = this.classify(sql);
     this.segmentsSent++;
     this.syncSentAt = performance.now();
+    if (this.ctx.audit) this.audited = { sql, decision, rows: 0, bytes: 0 };
     if (decision.allowed) return this.toUpstream(msg);
     const marker = this.recordRefusal(decision.refusal!, 'Query');
     this.toUpstream(encodeQuery(substituteSql(marker)));
@@ -715,7 +721,9 @@ export class Session {
       );
       return this.toUpstream(encodeParse(parse.name, substituteSql(marker)));
     }
-    const decision = this.classify(this.decodeText(parse.query));
+    const text = this.decodeText(parse.query);
+    const decision = this.classify(text);
+    this.ctx.audit?.record(this.auditSession(), 'Parse', text, decision);
     // A statement that runs no user code and changes no setting (BEGIN, SAVEPOINT,
     // RELEASE): binding and executing it later in this batch leaves how the
     // server reads SQL text as it was. Drivers send their BEGIN this way.
@@ -808,6 +816,16 @@ export class Session {
       'FunctionCall',
     );
     this.toUpstream(encodeQuery(substituteSql(marker)));
+  }
+
+  private auditSession(): AuditSession {
+    return {
+      session: this.id,
+      client: this.clientAddress,
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+    };
   }
 
   /** The policy's decision, timed and counted (a refusal is counted where it is recorded). */
@@ -963,6 +981,16 @@ export class Session {
     let n = 0;
     for (const p of pieces) n += p.length;
     this.ctx.metrics.bytesOut(n);
+    if (this.audited) this.audited.bytes += n;
+    const due = this.auditDue;
+    if (due) {
+      this.auditDue = undefined;
+      this.ctx.audit?.record(this.auditSession(), 'Query', due.sql, due.decision, {
+        durationMs: due.durationMs,
+        rows: due.rows,
+        bytes: due.bytes + n,
+      });
+    }
     if (pieces.length === 1) ok = c.write(pieces[0]!);
     else if (pieces.length > 1) {
       c.cork();
@@ -989,6 +1017,9 @@ export class Session {
         if (this.phase === 'authenticating') return this.onLoginError(msg);
         return this.onUpstreamError(msg);
       case BackendCode.CommandComplete:
+        if (this.audited) this.audited.rows += rowsOfTag(msg.toString('latin1', 5, msg.length - 1));
+        this.onExecuteAnswered(code, msg);
+        return undefined;
       case BackendCode.EmptyQueryResponse:
       case BackendCode.PortalSuspended:
         this.onExecuteAnswered(code, msg);
@@ -1123,7 +1154,13 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
-    this.ctx.metrics.observeQuery((performance.now() - this.syncSentAt) / 1e3);
+    const seconds = (performance.now() - this.syncSentAt) / 1e3;
+    this.ctx.metrics.observeQuery(seconds);
+    if (this.audited) {
+      // Recorded once this chunk's bytes are counted (onUpstreamData).
+      this.auditDue = { ...this.audited, durationMs: Math.round(seconds * 1e6) / 1e3 };
+      this.audited = undefined;
+    }
     this.batchFailed = false;
     this.executesInFlight = 0;
     if (this.awaitingReady && this.segmentsDone >= this.segmentsSent) {

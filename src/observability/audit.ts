@@ -1,0 +1,96 @@
+/**
+ * The audit log: one JSON record per statement string a client sends (a Query,
+ * or a Parse of the extended protocol), with who sent it, what the proxy
+ * decided and why, PostgreSQL's own fingerprint of it and its text with every
+ * literal replaced (`$1`, `$2`, ...: passwords and other secrets in literals do
+ * not reach the log). The full text only when the operator opts in.
+ *
+ * Fingerprint and normalized text come from libpg-query, cached by text, so a
+ * repeated statement costs a map lookup.
+ */
+import { fingerprintSync, normalizeSync } from 'libpg-query';
+import type { Logger } from './logger.js';
+import { LruCache } from '../policy/cache.js';
+import type { Decision } from '../policy/types.js';
+
+export interface AuditSession {
+  session: number;
+  client: string;
+  user: string;
+  database: string;
+  applicationName: string;
+}
+
+export interface AuditOutcome {
+  /** From sending the statement to the server's ReadyForQuery (simple queries). */
+  durationMs?: number;
+  /** Rows reported by the server's CommandComplete tags. */
+  rows?: number;
+  /** Bytes the proxy sent the client for it. */
+  bytes?: number;
+}
+
+interface Shape {
+  fingerprint: string | undefined;
+  normalized: string | undefined;
+}
+
+export class Audit {
+  private readonly shapes = new LruCache<Shape>(10_000);
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly includeText: boolean,
+  ) {}
+
+  private shape(sql: string): Shape {
+    const hit = this.shapes.get(sql);
+    if (hit) return hit;
+    let shape: Shape;
+    try {
+      shape = { fingerprint: fingerprintSync(sql), normalized: normalizeSync(sql) };
+    } catch {
+      // Text the parser refuses: no fingerprint, and no text unless opted in.
+      shape = { fingerprint: undefined, normalized: undefined };
+    }
+    this.shapes.set(sql, shape);
+    return shape;
+  }
+
+  record(
+    s: AuditSession,
+    via: 'Query' | 'Parse',
+    sql: string,
+    decision: Decision,
+    outcome: AuditOutcome = {},
+  ): void {
+    const { fingerprint, normalized } = this.shape(sql);
+    this.logger.info(
+      {
+        event: 'audit',
+        session: s.session,
+        client: s.client,
+        user: s.user,
+        database: s.database,
+        application_name: s.applicationName,
+        via,
+        decision: decision.allowed ? 'allowed' : 'refused',
+        reason: decision.refusal?.code,
+        kind: decision.allowed ? decision.statements.map((st) => st.kind).join(';') : decision.refusal?.kind,
+        fingerprint,
+        normalized,
+        text: this.includeText ? sql : undefined,
+        duration_ms: outcome.durationMs,
+        rows: outcome.rows,
+        bytes: outcome.bytes,
+      },
+      'statement',
+    );
+  }
+}
+
+/** The row count of a CommandComplete tag ("SELECT 5", "INSERT 0 1", "COPY 3"); 0 when it has none. */
+export function rowsOfTag(tag: string): number {
+  const last = tag.slice(tag.lastIndexOf(' ') + 1);
+  return /^\d+$/.test(last) ? Number(last) : 0;
+}
