@@ -34,6 +34,8 @@ export class ProxyServer {
   private readonly sessions = new Set<Session>();
   private readonly ctx: SessionContext;
   private closing = false;
+  /** Sessions per user past authentication, for limits.max_connections_per_user. */
+  private readonly perUser = new Map<string, number>();
 
   /** Reads certificates and users files: throws ConfigError when they are unusable. */
   constructor(private readonly opts: ProxyServerOptions) {
@@ -43,6 +45,18 @@ export class ProxyServer {
       policy: opts.policy,
       logger: opts.logger,
       cancels: new CancelRegistry(),
+      admitUser: (user) => {
+        const limit = this.ctx.config.maxConnectionsPerUser;
+        const n = this.perUser.get(user) ?? 0;
+        if (limit !== undefined && n >= limit) return false;
+        this.perUser.set(user, n + 1);
+        return true;
+      },
+      releaseUser: (user) => {
+        const n = (this.perUser.get(user) ?? 1) - 1;
+        if (n > 0) this.perUser.set(user, n);
+        else this.perUser.delete(user);
+      },
       audit: makeAudit(opts.config, opts.logger),
       metrics:
         opts.metrics ??

@@ -63,6 +63,10 @@ export interface ProxyConfig {
   clientTls: ClientTlsConfig;
   auth: AuthConfig;
   maxClientConnections: number;
+  /** Sessions one user may hold at once (the startup packet's user); undefined: only the global limit. */
+  maxConnectionsPerUser: number | undefined;
+  /** End a session idle outside a transaction this long (PostgreSQL's idle_session_timeout); 0: never. */
+  idleClientTimeoutMs: number;
   maxMessageBytes: number;
   /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
   startupTimeoutMs: number;
@@ -118,7 +122,13 @@ type RawConfig = {
     users_file?: string;
     users?: Record<string, RawUser>;
   };
-  limits?: { max_client_connections?: number; max_message_bytes?: number; startup_timeout_ms?: number };
+  limits?: {
+    max_client_connections?: number;
+    max_message_bytes?: number;
+    startup_timeout_ms?: number;
+    max_connections_per_user?: number;
+    idle_client_timeout_ms?: number;
+  };
   shutdown_grace_ms?: number;
   http?: { listen?: string; admin?: boolean };
   audit?: { enabled?: boolean; file?: string; include_text?: boolean };
@@ -359,6 +369,8 @@ export function resolveConfig(
     clientTls,
     auth,
     maxClientConnections: raw.limits?.max_client_connections ?? 1000,
+    maxConnectionsPerUser: raw.limits?.max_connections_per_user,
+    idleClientTimeoutMs: raw.limits?.idle_client_timeout_ms ?? 0,
     maxMessageBytes: raw.limits?.max_message_bytes ?? 64 * 1024 * 1024,
     startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
     shutdownGraceMs: raw.shutdown_grace_ms ?? 30000,

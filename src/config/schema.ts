@@ -80,6 +80,8 @@ export const configSchema = {
         max_client_connections: { type: 'integer', minimum: 1, maximum: 1000000 },
         max_message_bytes: { type: 'integer', minimum: 1024, maximum: 1073741823 },
         startup_timeout_ms: { type: 'integer', minimum: 100, maximum: 3600000 },
+        max_connections_per_user: { type: 'integer', minimum: 1, maximum: 1000000 },
+        idle_client_timeout_ms: { type: 'integer', minimum: 0, maximum: 604800000 },
       },
     },
     shutdown_grace_ms: { type: 'integer', minimum: 0, maximum: 3600000 },

@@ -10,6 +10,7 @@ export const SqlState = {
   TooManyConnections: '53300',
   AdminShutdown: '57P01',
   QueryCanceled: '57014',
+  IdleSessionTimeout: '57P05',
   CannotConnectNow: '57P03',
   ProgramLimitExceeded: '54000',
   InternalError: 'XX000',

@@ -78,6 +78,9 @@ export interface SessionContext {
   logger: Logger;
   cancels: CancelRegistry;
   metrics: Metrics;
+  /** Takes one of the user's connection slots (limits.max_connections_per_user); false when none is left. */
+  admitUser(user: string): boolean;
+  releaseUser(user: string): void;
   audit?: Audit | undefined;
   clientTls: ClientTls;
   /** Proxy-managed users (auth.mode proxy); undefined: passthrough. */
@@ -207,6 +210,9 @@ export class Session {
   private pending: { nonce: string; refusal: Refusal } | undefined;
 
   private statements = 0;
+  /** Holds one of the user's connection slots. */
+  private admitted = false;
+  private idleTimer: NodeJS.Timeout | undefined;
   /** The simple query in flight, for its audit record at ReadyForQuery. */
   private audited: { sql: string; decision: Decision; rows: number; bytes: number } | undefined;
   private auditDue:
@@ -259,6 +265,10 @@ export class Session {
 
   private onClientData(chunk: Buffer): void {
     this.ctx.metrics.bytesIn(chunk.length);
+    if (this.idleTimer) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+    }
     if (!this.sawFirstBytes) {
       this.sawFirstBytes = true;
       // A TLS handshake record as the very first byte: direct TLS (PostgreSQL 17's
@@ -1088,6 +1098,23 @@ export class Session {
     if (code === AuthCode.Ok) {
       // From here on the client has seen this attempt: no fallback to another.
       this.clientSawAuth = true;
+      if (!this.ctx.admitUser(this.user)) {
+        this.log.warn(
+          { event: 'connection_limit', user: this.user, limit: this.ctx.config.maxConnectionsPerUser },
+          'too many connections for this user',
+        );
+        this.ctx.metrics.connectionResult('refused_limit');
+        this.resultCounted = true;
+        this.scanner?.halt();
+        this.closeAfterWrite = 'per-user connection limit';
+        return encodeErrorResponse({
+          severity: 'FATAL',
+          code: SqlState.TooManyConnections,
+          message: `too many connections for role "${this.user}"`,
+          hint: 'pg-readonly-proxy limits the sessions one user may hold (limits.max_connections_per_user).',
+        });
+      }
+      this.admitted = true;
       this.log.info(
         {
           event: 'authenticated',
@@ -1154,6 +1181,7 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
+    this.armIdleTimer(decodeReadyForQuery(msg));
     const seconds = (performance.now() - this.syncSentAt) / 1e3;
     this.ctx.metrics.observeQuery(seconds);
     if (this.audited) {
@@ -1175,8 +1203,27 @@ export class Session {
     return undefined;
   }
 
+  /**
+   * limits.idle_client_timeout_ms, as PostgreSQL's idle_session_timeout: a client
+   * idle outside a transaction (nothing in flight) that long is disconnected.
+   * Inside a transaction the pinned idle_in_transaction_session_timeout rules.
+   */
+  private armIdleTimer(status: TxStatus): void {
+    const ms = this.ctx.config.idleClientTimeoutMs;
+    if (ms <= 0 || status !== TxStatus.Idle || this.segmentsDone < this.segmentsSent) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      this.fatal(
+        { code: SqlState.IdleSessionTimeout, message: 'terminating connection due to idle-session timeout' },
+        'idle_timeout',
+      );
+    }, ms);
+    this.idleTimer.unref();
+  }
+
   private becomeReady(msg: Buffer): Buffer {
     this.phase = 'ready';
+    setImmediate(() => this.armIdleTimer(TxStatus.Idle));
     this.ctx.metrics.connectionResult('ok');
     this.resultCounted = true;
     clearTimeout(this.startupTimer);
@@ -1339,6 +1386,8 @@ export class Session {
   close(reason: string): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    clearTimeout(this.idleTimer);
+    if (this.admitted) this.ctx.releaseUser(this.user);
     this.ctx.metrics.connectionClosed();
     if (!this.resultCounted)
       this.ctx.metrics.connectionResult(connectionResultFor(this.closeReason || reason));
