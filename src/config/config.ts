@@ -67,6 +67,9 @@ export interface ProxyConfig {
   maxConnectionsPerUser: number | undefined;
   /** End a session idle outside a transaction this long (PostgreSQL's idle_session_timeout); 0: never. */
   idleClientTimeoutMs: number;
+  /** Rows / bytes one query may return before it is cancelled (54000); undefined: no limit. */
+  maxResultRows: number | undefined;
+  maxResultBytes: number | undefined;
   maxMessageBytes: number;
   /** A client must have logged in within this long (PostgreSQL's authentication_timeout). */
   startupTimeoutMs: number;
@@ -128,6 +131,8 @@ type RawConfig = {
     startup_timeout_ms?: number;
     max_connections_per_user?: number;
     idle_client_timeout_ms?: number;
+    max_result_rows?: number;
+    max_result_bytes?: number;
   };
   shutdown_grace_ms?: number;
   http?: { listen?: string; admin?: boolean };
@@ -371,6 +376,8 @@ export function resolveConfig(
     maxClientConnections: raw.limits?.max_client_connections ?? 1000,
     maxConnectionsPerUser: raw.limits?.max_connections_per_user,
     idleClientTimeoutMs: raw.limits?.idle_client_timeout_ms ?? 0,
+    maxResultRows: raw.limits?.max_result_rows,
+    maxResultBytes: raw.limits?.max_result_bytes,
     maxMessageBytes: raw.limits?.max_message_bytes ?? 64 * 1024 * 1024,
     startupTimeoutMs: raw.limits?.startup_timeout_ms ?? 60000,
     shutdownGraceMs: raw.shutdown_grace_ms ?? 30000,

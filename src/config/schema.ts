@@ -82,6 +82,8 @@ export const configSchema = {
         startup_timeout_ms: { type: 'integer', minimum: 100, maximum: 3600000 },
         max_connections_per_user: { type: 'integer', minimum: 1, maximum: 1000000 },
         idle_client_timeout_ms: { type: 'integer', minimum: 0, maximum: 604800000 },
+        max_result_rows: { type: 'integer', minimum: 1 },
+        max_result_bytes: { type: 'integer', minimum: 1 },
       },
     },
     shutdown_grace_ms: { type: 'integer', minimum: 0, maximum: 3600000 },

@@ -114,7 +114,10 @@ const MAX_STARTUP_PACKET = 10000;
 const MAX_AUTH_MESSAGE = 65535;
 
 /** Upstream messages the session must see while it is ready. */
-const READY_CODES = codeSet([
+/** Every row too, when a result limit is configured. */
+const LIMITED_CODES_LIST = [BackendCode.DataRow, BackendCode.CopyData];
+
+const READY_CODE_LIST = [
   BackendCode.ReadyForQuery,
   BackendCode.ParameterStatus,
   BackendCode.ErrorResponse,
@@ -128,7 +131,9 @@ const READY_CODES = codeSet([
   BackendCode.CommandComplete,
   BackendCode.EmptyQueryResponse,
   BackendCode.PortalSuspended,
-]);
+];
+const READY_CODES = codeSet(READY_CODE_LIST);
+const LIMITED_CODES = codeSet([...READY_CODE_LIST, ...LIMITED_CODES_LIST]);
 
 /** The upstream messages an error during inspection can safely carry. */
 const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
@@ -210,6 +215,14 @@ export class Session {
   private pending: { nonce: string; refusal: Refusal } | undefined;
 
   private statements = 0;
+  /** Rows and bytes of the query in flight (limits.max_result_rows / max_result_bytes). */
+  private resultRows = 0;
+  private resultBytes = 0;
+  /** Why the query in flight was cancelled for a result limit. */
+  private limitHit: string | undefined;
+  private cancelDone: Promise<void> | undefined;
+  /** The client is held until a cancel for a result limit has reached the server. */
+  private awaitingCancel = false;
   /** Holds one of the user's connection slots. */
   private admitted = false;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -338,7 +351,7 @@ export class Session {
         this.phase === 'authenticating' ||
         this.phase === 'ready'
       ) {
-        if (this.phase === 'ready' && this.awaitingExecute) {
+        if (this.phase === 'ready' && (this.awaitingExecute || this.awaitingCancel)) {
           this.updateClientFlow();
           break;
         }
@@ -915,7 +928,13 @@ export class Session {
       return;
     }
     this.upstream = socket;
-    this.scanner = new BackendScanner(READY_CODES, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
+    const limited =
+      this.ctx.config.maxResultRows !== undefined || this.ctx.config.maxResultBytes !== undefined;
+    this.scanner = new BackendScanner(
+      limited ? LIMITED_CODES : READY_CODES,
+      this.onUpstreamMessage,
+      MAX_INSPECTED_MESSAGE,
+    );
     if (this.proxyUser) {
       const cert = this.upstreamTls && peerCertificateDer(this.upstreamTls);
       this.upstreamLogin = new UpstreamLogin(
@@ -1016,8 +1035,43 @@ export class Session {
 
   /** Called by the scanner for each message type in `interesting`. */
   private readonly onUpstreamMessage = (code: number, msg: Buffer): Verdict => {
+    const verdict = this.inspectUpstream(code, msg);
+    // After a result limit was hit, nothing of that query reaches the client
+    // but what ends the session or the query, and what the watch must see.
+    if (this.limitHit && code !== BackendCode.ParameterStatus && !this.closeAfterWrite) return null;
+    return verdict;
+  };
+
+  /**
+   * limits.max_result_rows / max_result_bytes: rows (DataRow, CopyData) and
+   * their bytes per query are counted; past a limit the query is cancelled,
+   * the rest of it dropped, and the client told which limit it hit.
+   */
+  private onResultData(code: number, msg: Buffer): Verdict {
+    if (this.limitHit) return null;
+    this.resultRows++;
+    this.resultBytes += msg.length;
+    const { maxResultRows, maxResultBytes } = this.ctx.config;
+    let hit: string | undefined;
+    if (maxResultRows !== undefined && this.resultRows > maxResultRows) {
+      hit = `the result has more than limits.max_result_rows (${maxResultRows}) rows`;
+    } else if (maxResultBytes !== undefined && this.resultBytes > maxResultBytes) {
+      hit = `the result is larger than limits.max_result_bytes (${maxResultBytes} bytes)`;
+    }
+    if (hit === undefined) return undefined;
+    this.limitHit = hit;
+    this.log.warn({ event: 'result_limit', why: hit, code: String.fromCharCode(code) }, 'result limit hit');
+    this.ctx.metrics.error('result_limit');
+    this.cancelDone = this.cancelUpstream();
+    return null;
+  }
+
+  private inspectUpstream(code: number, msg: Buffer): Verdict {
     if (this.phase === 'closed') return null;
     switch (code) {
+      case BackendCode.DataRow:
+      case BackendCode.CopyData:
+        return this.onResultData(code, msg);
       case BackendCode.ReadyForQuery:
         return this.onReadyForQuery(msg);
       case BackendCode.ParameterStatus:
@@ -1049,7 +1103,7 @@ export class Session {
         // CopyInResponse / CopyBothResponse: COPY FROM and replication are always refused.
         return this.upstreamViolation(`unexpected message type "${String.fromCharCode(code)}"`);
     }
-  };
+  }
 
   private onAuthentication(msg: Buffer): Verdict {
     const { code, data } = decodeAuthentication(msg);
@@ -1181,6 +1235,10 @@ export class Session {
       return this.becomeReady(msg);
     }
     this.segmentsDone++;
+    this.resultRows = 0;
+    this.resultBytes = 0;
+    const limitHit = this.limitHit;
+    this.limitHit = undefined;
     this.armIdleTimer(decodeReadyForQuery(msg));
     const seconds = (performance.now() - this.syncSentAt) / 1e3;
     this.ctx.metrics.observeQuery(seconds);
@@ -1191,6 +1249,17 @@ export class Session {
     }
     this.batchFailed = false;
     this.executesInFlight = 0;
+    if (limitHit) {
+      // Nothing more of this client goes upstream until the server has taken the
+      // cancel: it must not land on the next query.
+      this.awaitingCancel = true;
+      this.updateClientFlow();
+      void (this.cancelDone ?? Promise.resolve()).then(() => {
+        this.awaitingCancel = false;
+        this.updateClientFlow();
+        this.pump();
+      });
+    }
     if (this.awaitingReady && this.segmentsDone >= this.segmentsSent) {
       this.awaitingReady = false;
       // After this ReadyForQuery (and any ParameterStatus before it) is handled.
@@ -1200,6 +1269,16 @@ export class Session {
       });
     }
     this.pending = undefined;
+    if (limitHit) {
+      const error = encodeErrorResponse({
+        severity: 'ERROR',
+        code: SqlState.ProgramLimitExceeded,
+        message: `pg-readonly-proxy: query cancelled: ${limitHit}`,
+        hint: 'Narrow the query (WHERE, LIMIT) or ask the operator to raise the limit.',
+        routine: 'pg_readonly_proxy',
+      });
+      return Buffer.concat([error, msg]);
+    }
     return undefined;
   }
 
@@ -1320,20 +1399,31 @@ export class Session {
 
   /* ------------------------------------------------------------------- lifecycle */
 
-  /** Sends the upstream server a CancelRequest for this session, encrypted as the session is. */
-  cancelUpstream(): void {
+  /**
+   * Sends the upstream server a CancelRequest for this session, encrypted as the
+   * session is. Resolves once the server has closed that connection (it has
+   * taken the request) or after 5 seconds, never rejects.
+   */
+  cancelUpstream(): Promise<void> {
     const key = this.upstreamKey;
-    if (!key) return;
+    if (!key) return Promise.resolve();
     const attempt = this.upstreamTls ? 'tls' : 'plain';
-    connectUpstream(this.ctx.upstream, 5000, attempt).then(
-      ({ socket }) => {
-        socket.on('error', () => undefined);
-        socket.end(encodeCancelRequest(key.processId, key.secretKey));
-        setTimeout(() => socket.destroy(), 5000).unref();
-      },
+    this.log.info({ event: 'cancel_forwarded' }, 'cancel forwarded upstream');
+    return connectUpstream(this.ctx.upstream, 5000, attempt).then(
+      ({ socket }) =>
+        new Promise<void>((resolve) => {
+          const timer = setTimeout(() => socket.destroy(), 5000);
+          timer.unref();
+          socket.on('error', () => undefined);
+          socket.on('close', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          socket.resume();
+          socket.end(encodeCancelRequest(key.processId, key.secretKey));
+        }),
       (err: Error) => this.log.debug({ err: err.message }, 'cancel connection error'),
     );
-    this.log.info({ event: 'cancel_forwarded' }, 'cancel forwarded upstream');
   }
 
   private toUpstream(msg: Buffer): void {
@@ -1350,6 +1440,7 @@ export class Session {
     const hold =
       this.awaitingReady ||
       this.awaitingExecute ||
+      this.awaitingCancel ||
       (this.upstream?.writableNeedDrain ?? false) ||
       this.phase === 'connecting';
     if (hold && !this.client.isPaused()) this.client.pause();

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
-import { direct, eventually, startProxy } from '../helpers/harness.js';
+import { direct, eventually, startProxy, testServer } from '../helpers/harness.js';
+import { WireClient, errorFields, fe, label, type BackendMessage } from '../helpers/wire.js';
 
 const OTHER = 'limits_other_user';
 const OTHER_PASSWORD = 'limits-Other-7';
@@ -66,6 +67,74 @@ test('idle_client_timeout_ms: an idle session is ended with 57P05; one inside a 
     assert.equal((await busy.query('SELECT 4 AS n')).rows[0].n, 4, 'a session in a transaction is not cut');
     await busy.query('COMMIT');
     await busy.end();
+  } finally {
+    await proxy.close();
+  }
+});
+
+/** Every message up to ReadyForQuery for one simple query, over a raw connection. */
+async function simpleQuery(proxy: { host: string; port: number }, sql: string): Promise<BackendMessage[]> {
+  const s = testServer();
+  const c = await WireClient.connect({
+    host: proxy.host,
+    port: proxy.port,
+    user: s.user,
+    password: s.password,
+  });
+  try {
+    c.write(fe.query(sql));
+    const out: BackendMessage[] = [];
+    for (;;) {
+      const m = await c.next();
+      if (m.code === 'closed') return out;
+      out.push(m);
+      if (label(m).startsWith('ReadyForQuery')) {
+        // The same connection still answers.
+        c.write(fe.query('SELECT 1'));
+        for (;;) {
+          const n = await c.next();
+          if (n.code === 'closed' || label(n).startsWith('ReadyForQuery')) break;
+          if (label(n) === 'DataRow') out.push({ ...n, code: 'after' } as BackendMessage);
+        }
+        return out;
+      }
+    }
+  } finally {
+    c.destroy();
+  }
+}
+
+test('max_result_rows / max_result_bytes: the query is cancelled, the client gets at most the limit and 54000 naming it', async () => {
+  const proxy = await startProxy({ config: { maxResultRows: 5, maxResultBytes: 20_000 } });
+  try {
+    const cases: Array<[string, string, RegExp, number]> = [
+      ['rows', 'SELECT g FROM generate_series(1, 1000000) g', /max_result_rows \(5\)/, 5],
+      ['bytes', "SELECT repeat('x', 6000) FROM generate_series(1, 5)", /max_result_bytes \(20000 bytes\)/, 3],
+      [
+        'COPY rows',
+        'COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT',
+        /max_result_rows \(5\)/,
+        5,
+      ],
+    ];
+    for (const [name, sql, why, most] of cases) {
+      const got = await simpleQuery(proxy, sql);
+      const rows = got.filter((m) => label(m) === 'DataRow' || label(m) === 'CopyData').length;
+      assert.ok(rows <= most, `${name}: ${rows} rows reached the client`);
+      const err = got.find((m) => label(m).startsWith('ErrorResponse'));
+      assert.ok(err, `${name}: ${got.map(label).join(', ')}`);
+      assert.equal(errorFields(err).C, '54000');
+      assert.match(errorFields(err).M ?? '', why);
+      assert.equal(got.filter((m) => label(m).startsWith('ErrorResponse')).length, 1, `${name}: one error`);
+      assert.ok(
+        got.some((m) => (m.code as string) === 'after'),
+        `${name}: the session still answers`,
+      );
+    }
+    // A result within the limits is untouched.
+    const small = await simpleQuery(proxy, 'SELECT g FROM generate_series(1, 5) g');
+    assert.equal(small.filter((m) => label(m) === 'DataRow').length, 5);
+    assert.ok(!small.some((m) => label(m).startsWith('ErrorResponse')));
   } finally {
     await proxy.close();
   }
