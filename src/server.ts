@@ -147,6 +147,7 @@ export class ProxyServer {
       ['http', old.http, next.http],
       ['auth.mode', old.auth.mode, next.auth.mode],
       ['embedded', old.embedded, next.embedded],
+      ['audit', old.audit, next.audit],
     ];
     const restartNeeded = fixed.filter(([, a, b]) => !same(a, b)).map(([name]) => name);
     let clientTls: ClientTls;
@@ -162,7 +163,13 @@ export class ProxyServer {
       );
       return { ok: false, errors: [`config: ${message}`], restartNeeded };
     }
-    const kept = { listen: old.listen, upstream: old.upstream, http: old.http, embedded: old.embedded };
+    const kept = {
+      listen: old.listen,
+      upstream: old.upstream,
+      http: old.http,
+      embedded: old.embedded,
+      audit: old.audit,
+    };
     this.ctx.config = { ...next, ...kept, auth: { ...next.auth, mode: old.auth.mode } };
     this.ctx.policy = policy;
     this.ctx.clientTls = clientTls;

@@ -8,7 +8,7 @@
  * Fingerprint and normalized text come from libpg-query, cached by text, so a
  * repeated statement costs a map lookup.
  */
-import { fingerprintSync, normalizeSync } from 'libpg-query';
+import { fingerprintSync, normalizeSync, scanSync } from 'libpg-query';
 import type { Logger } from './logger.js';
 import { LruCache } from '../policy/cache.js';
 import type { Decision } from '../policy/types.js';
@@ -28,6 +28,8 @@ export interface AuditOutcome {
   rows?: number;
   /** Bytes the proxy sent the client for it. */
   bytes?: number;
+  /** Why the session ended before the statement finished. */
+  ended?: string;
 }
 
 interface Shape {
@@ -48,7 +50,11 @@ export class Audit {
     if (hit) return hit;
     let shape: Shape;
     try {
-      shape = { fingerprint: fingerprintSync(sql), normalized: normalizeSync(sql) };
+      const normalized = normalizeSync(sql);
+      shape = {
+        fingerprint: fingerprintSync(sql),
+        normalized: literalFree(normalized) ? normalized : undefined,
+      };
     } catch {
       // Text the parser refuses: no fingerprint, and no text unless opted in.
       shape = { fingerprint: undefined, normalized: undefined };
@@ -83,9 +89,36 @@ export class Audit {
         duration_ms: outcome.durationMs,
         rows: outcome.rows,
         bytes: outcome.bytes,
+        session_ended: outcome.ended,
       },
       'statement',
     );
+  }
+}
+
+/** Token kinds that carry a value or a comment: none may be left in the logged text. */
+const VALUE_TOKENS = new Set([
+  'SCONST',
+  'ICONST',
+  'FCONST',
+  'BCONST',
+  'XCONST',
+  'USCONST',
+  'C_COMMENT',
+  'SQL_COMMENT',
+]);
+
+/**
+ * Whether the normalized text holds no literal and no comment, by PostgreSQL's
+ * own scanner. libpg_query leaves the literals of some statements (PREPARE,
+ * EXECUTE, view bodies, options of utility statements) in place: such a text is
+ * not logged, the fingerprint is.
+ */
+function literalFree(text: string): boolean {
+  try {
+    return !scanSync(text).tokens.some((t) => VALUE_TOKENS.has(t.tokenName) || t.text.includes("'"));
+  } catch {
+    return false;
   }
 }
 

@@ -220,6 +220,8 @@ export class Session {
   private resultBytes = 0;
   /** Why the query in flight was cancelled for a result limit. */
   private limitHit: string | undefined;
+  /** The proxy's error for the limit has been sent in place of what ended the result. */
+  private limitReported = false;
   private cancelDone: Promise<void> | undefined;
   /** The client is held until a cancel for a result limit has reached the server. */
   private awaitingCancel = false;
@@ -278,10 +280,7 @@ export class Session {
 
   private onClientData(chunk: Buffer): void {
     this.ctx.metrics.bytesIn(chunk.length);
-    if (this.idleTimer) {
-      clearTimeout(this.idleTimer);
-      this.idleTimer = undefined;
-    }
+    this.clearIdleTimer();
     if (!this.sawFirstBytes) {
       this.sawFirstBytes = true;
       // A TLS handshake record as the very first byte: direct TLS (PostgreSQL 17's
@@ -652,6 +651,7 @@ export class Session {
         this.inBatch = true;
         return this.onParse(msg);
       case FrontendCode.Sync:
+        this.clearIdleTimer();
         this.segmentsSent++;
         this.syncSentAt = performance.now();
         this.inBatch = false;
@@ -713,6 +713,7 @@ export class Session {
     const sql = this.decodeText(decodeQuery(msg));
     this.statements++;
     const decision = this.classify(sql);
+    this.clearIdleTimer();
     this.segmentsSent++;
     this.syncSentAt = performance.now();
     if (this.ctx.audit) this.audited = { sql, decision, rows: 0, bytes: 0 };
@@ -825,6 +826,7 @@ export class Session {
   }
 
   private onFunctionCall(): void {
+    this.clearIdleTimer();
     this.segmentsSent++;
     this.syncSentAt = performance.now();
     this.statements++;
@@ -1035,11 +1037,23 @@ export class Session {
 
   /** Called by the scanner for each message type in `interesting`. */
   private readonly onUpstreamMessage = (code: number, msg: Buffer): Verdict => {
+    const hitBefore = this.limitHit;
     const verdict = this.inspectUpstream(code, msg);
-    // After a result limit was hit, nothing of that query reaches the client
-    // but what ends the session or the query, and what the watch must see.
-    if (this.limitHit && code !== BackendCode.ParameterStatus && !this.closeAfterWrite) return null;
-    return verdict;
+    const hit = hitBefore ?? this.limitHit;
+    if (hit === undefined || code === BackendCode.ParameterStatus || this.closeAfterWrite) return verdict;
+    if (code === BackendCode.ReadyForQuery) return verdict; // the error was put in front of it if still due
+    // After a result limit was hit, the rest of that query is dropped; what ended
+    // the result (or failed it) is replaced by the proxy's error, once.
+    const ends =
+      code === BackendCode.CommandComplete ||
+      code === BackendCode.PortalSuspended ||
+      code === BackendCode.ErrorResponse ||
+      code === BackendCode.EmptyQueryResponse;
+    if (ends && !this.limitReported) {
+      this.limitReported = true;
+      return this.limitError(hit);
+    }
+    return null;
   };
 
   /**
@@ -1064,6 +1078,16 @@ export class Session {
     this.ctx.metrics.error('result_limit');
     this.cancelDone = this.cancelUpstream();
     return null;
+  }
+
+  private limitError(why: string): Buffer {
+    return encodeErrorResponse({
+      severity: 'ERROR',
+      code: SqlState.ProgramLimitExceeded,
+      message: `pg-readonly-proxy: query cancelled: ${why}`,
+      hint: 'Narrow the query (WHERE, LIMIT) or ask the operator to raise the limit.',
+      routine: 'pg_readonly_proxy',
+    });
   }
 
   private inspectUpstream(code: number, msg: Buffer): Verdict {
@@ -1269,16 +1293,9 @@ export class Session {
       });
     }
     this.pending = undefined;
-    if (limitHit) {
-      const error = encodeErrorResponse({
-        severity: 'ERROR',
-        code: SqlState.ProgramLimitExceeded,
-        message: `pg-readonly-proxy: query cancelled: ${limitHit}`,
-        hint: 'Narrow the query (WHERE, LIMIT) or ask the operator to raise the limit.',
-        routine: 'pg_readonly_proxy',
-      });
-      return Buffer.concat([error, msg]);
-    }
+    const reported = this.limitReported;
+    this.limitReported = false;
+    if (limitHit && !reported) return Buffer.concat([this.limitError(limitHit), msg]);
     return undefined;
   }
 
@@ -1287,11 +1304,21 @@ export class Session {
    * idle outside a transaction (nothing in flight) that long is disconnected.
    * Inside a transaction the pinned idle_in_transaction_session_timeout rules.
    */
+  private clearIdleTimer(): void {
+    if (this.idleTimer) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+    }
+  }
+
   private armIdleTimer(status: TxStatus): void {
     const ms = this.ctx.config.idleClientTimeoutMs;
     if (ms <= 0 || status !== TxStatus.Idle || this.segmentsDone < this.segmentsSent) return;
+    // Not idle: the client's next messages are already here, waiting.
+    if (this.framer.buffered > 0 || this.awaitingCancel) return;
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
+      if (this.framer.buffered > 0 || this.segmentsDone < this.segmentsSent) return;
       this.fatal(
         { code: SqlState.IdleSessionTimeout, message: 'terminating connection due to idle-session timeout' },
         'idle_timeout',
@@ -1476,6 +1503,17 @@ export class Session {
 
   close(reason: string): void {
     if (this.phase === 'closed') return;
+    // A query the session ended before it finished (a pin violation, a client
+    // that left) still gets its audit record.
+    const unfinished = this.audited ?? this.auditDue;
+    if (unfinished) {
+      this.ctx.audit?.record(this.auditSession(), 'Query', unfinished.sql, unfinished.decision, {
+        rows: unfinished.rows,
+        bytes: unfinished.bytes,
+        ended: this.closeReason || reason,
+      });
+      this.audited = this.auditDue = undefined;
+    }
     this.phase = 'closed';
     clearTimeout(this.idleTimer);
     if (this.admitted) this.ctx.releaseUser(this.user);

@@ -99,3 +99,32 @@ test('include_text adds the full text; a file of its own; enabled: false writes 
     await off.close();
   }
 });
+
+test('literals the normalizer leaves (PREPARE, comments) keep the text out; a session ended mid-query still gets its record', async () => {
+  const proxy = await startProxy();
+  try {
+    const c = await proxy.client();
+    c.on('error', () => undefined);
+    await c.query("PREPARE audit_q AS SELECT 1 WHERE 'sk-hidden' <> ''");
+    await c.query('SELECT 1 /* sk-comment */');
+    await c.query('DEALLOCATE audit_q');
+    const slow = c.query('SELECT pg_sleep(0.5)').catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 150));
+    (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    await slow;
+    await eventually(
+      () => audits(proxy.logs).some((l) => l.session_ended !== undefined),
+      5000,
+      'the last record',
+    );
+    const all = audits(proxy.logs);
+    assert.ok(!JSON.stringify(all).includes('sk-hidden') && !JSON.stringify(all).includes('sk-comment'));
+    const prepared = all.find((l) => l.kind === 'PREPARE')!;
+    assert.match(String(prepared.fingerprint), /^[0-9a-f]{16}$/);
+    assert.equal(prepared.normalized, undefined);
+    const ended = all.find((l) => l.session_ended !== undefined)!;
+    assert.equal(ended.normalized, 'SELECT pg_sleep($1)');
+  } finally {
+    await proxy.close();
+  }
+});

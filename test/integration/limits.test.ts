@@ -139,3 +139,69 @@ test('max_result_rows / max_result_bytes: the query is cancelled, the client get
     await proxy.close();
   }
 });
+
+test('the idle timer does not fire while a pipelined query runs', async () => {
+  const proxy = await startProxy({ config: { idleClientTimeoutMs: 400 } });
+  const s = testServer();
+  const c = await WireClient.connect({
+    host: proxy.host,
+    port: proxy.port,
+    user: s.user,
+    password: s.password,
+  });
+  try {
+    c.write(fe.query('SELECT 1'), fe.query('SELECT pg_sleep(1.2)'));
+    const got: string[] = [];
+    while (got.filter((l) => l.startsWith('ReadyForQuery')).length < 2) {
+      const m = await c.next();
+      if (m.code === 'closed') break;
+      got.push(label(m));
+    }
+    assert.ok(!got.some((l) => l.startsWith('ErrorResponse')), got.join(', '));
+    assert.equal(got.filter((l) => l.startsWith('ReadyForQuery')).length, 2, got.join(', '));
+  } finally {
+    c.destroy();
+    await proxy.close();
+  }
+});
+
+test('a result limit hit by an Execute answered before any Sync (a cursor with Flush) gets its 54000 at once', async () => {
+  const proxy = await startProxy({ config: { maxResultRows: 5 } });
+  const s = testServer();
+  const c = await WireClient.connect({
+    host: proxy.host,
+    port: proxy.port,
+    user: s.user,
+    password: s.password,
+  });
+  try {
+    c.write(
+      fe.parse('', 'SELECT g FROM generate_series(1, 100) g'),
+      fe.bind('', ''),
+      fe.execute('', 10),
+      fe.flush(),
+    );
+    const got: BackendMessage[] = [];
+    for (;;) {
+      const m = await c.next();
+      if (m.code === 'closed') break;
+      got.push(m);
+      if (label(m).startsWith('ErrorResponse')) break;
+    }
+    const err = got.at(-1)!;
+    assert.equal(errorFields(err).C, '54000', got.map(label).join(', '));
+    assert.ok(got.filter((m) => label(m) === 'DataRow').length <= 5);
+    c.write(fe.sync());
+    const rest: string[] = [];
+    for (;;) {
+      const m = await c.next();
+      if (m.code === 'closed') break;
+      rest.push(label(m));
+      if (label(m).startsWith('ReadyForQuery')) break;
+    }
+    assert.deepEqual(rest, ['ReadyForQuery I'], 'one error only');
+  } finally {
+    c.destroy();
+    await proxy.close();
+  }
+});
