@@ -72,15 +72,15 @@ test('idle_client_timeout_ms: an idle session is ended with 57P05; one inside a 
   }
 });
 
+/** A raw protocol client through the proxy, logged in as the test superuser. */
+function wireTo(proxy: { host: string; port: number }): Promise<WireClient> {
+  const s = testServer();
+  return WireClient.connect({ host: proxy.host, port: proxy.port, user: s.user, password: s.password });
+}
+
 /** Every message up to ReadyForQuery for one simple query, over a raw connection. */
 async function simpleQuery(proxy: { host: string; port: number }, sql: string): Promise<BackendMessage[]> {
-  const s = testServer();
-  const c = await WireClient.connect({
-    host: proxy.host,
-    port: proxy.port,
-    user: s.user,
-    password: s.password,
-  });
+  const c = await wireTo(proxy);
   try {
     c.write(fe.query(sql));
     const out: BackendMessage[] = [];
@@ -142,13 +142,7 @@ test('max_result_rows / max_result_bytes: the query is cancelled, the client get
 
 test('the idle timer does not fire while a pipelined query runs', async () => {
   const proxy = await startProxy({ config: { idleClientTimeoutMs: 400 } });
-  const s = testServer();
-  const c = await WireClient.connect({
-    host: proxy.host,
-    port: proxy.port,
-    user: s.user,
-    password: s.password,
-  });
+  const c = await wireTo(proxy);
   try {
     c.write(fe.query('SELECT 1'), fe.query('SELECT pg_sleep(1.2)'));
     const got: string[] = [];
@@ -167,13 +161,7 @@ test('the idle timer does not fire while a pipelined query runs', async () => {
 
 test('a result limit hit by an Execute answered before any Sync (a cursor with Flush) gets its 54000 at once', async () => {
   const proxy = await startProxy({ config: { maxResultRows: 5 } });
-  const s = testServer();
-  const c = await WireClient.connect({
-    host: proxy.host,
-    port: proxy.port,
-    user: s.user,
-    password: s.password,
-  });
+  const c = await wireTo(proxy);
   try {
     c.write(
       fe.parse('', 'SELECT g FROM generate_series(1, 100) g'),
