@@ -10,6 +10,7 @@ import {
   ConfigError,
   readConfigFile,
   resolveConfig,
+  type CliOverrides,
   type ProxyConfig,
   type UpstreamTarget,
 } from './config/config.js';
@@ -60,7 +61,8 @@ Signals: SIGTERM / SIGINT shut down gracefully; SIGHUP rereads the TLS
 certificate, the users file and upstream password files.
 `;
 
-interface Args {
+/** The command line: the config overrides, and what the subcommands take. */
+interface Args extends CliOverrides {
   command: 'run' | 'check' | 'hash-password' | 'doctor';
   user?: string | undefined;
   passwordEnv?: string | undefined;
@@ -68,12 +70,6 @@ interface Args {
   json?: boolean | undefined;
   failOn?: string | undefined;
   config?: string | undefined;
-  listen?: string | undefined;
-  upstream?: string | undefined;
-  tlsCert?: string | undefined;
-  tlsKey?: string | undefined;
-  clientTls?: string | undefined;
-  httpListen?: string | undefined;
   iterations?: string | undefined;
   logLevel?: string | undefined;
   sql: string[];
@@ -143,14 +139,7 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
 function loadConfig(args: Args): ProxyConfig {
   const raw = args.config ? readConfigFile(args.config) : {};
   if (args.logLevel) raw.log = { ...raw.log, level: args.logLevel as never };
-  return resolveConfig(raw, {
-    listen: args.listen,
-    upstream: args.upstream,
-    tlsCert: args.tlsCert,
-    tlsKey: args.tlsKey,
-    clientTls: args.clientTls,
-    httpListen: args.httpListen,
-  });
+  return resolveConfig(raw, args);
 }
 
 async function runCheck(args: Args): Promise<number> {

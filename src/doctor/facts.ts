@@ -141,3 +141,23 @@ export interface DoctorFacts {
   pin: PinFacts | undefined;
   errors: CheckError[];
 }
+
+/** The facts the per-object checks fill in, before any has run (nothing found yet). */
+export type CheckedFacts = Omit<DoctorFacts, 'server' | 'connection' | 'role' | 'pin' | 'errors'>;
+
+export function nothingFoundYet(): CheckedFacts {
+  return {
+    memberships: [],
+    tableGrants: [],
+    sequenceGrants: [],
+    schemaCreate: [],
+    databaseCreate: false,
+    owned: [],
+    largeObjectsGranted: 0,
+    loCompatPrivileges: false,
+    extensions: [],
+    languages: [],
+    securityDefiner: [],
+    settingOverrides: [],
+  };
+}

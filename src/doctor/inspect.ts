@@ -6,20 +6,21 @@
  * to PUBLIC, to roles whose privileges the role inherits, and ownership.
  */
 import type pg from 'pg';
-import type {
-  CheckError,
-  ConnectionFacts,
-  DoctorFacts,
-  ExtensionFact,
-  LanguageFact,
-  MembershipFact,
-  OwnedObject,
-  PinFacts,
-  RoleFacts,
-  SecurityDefinerFact,
-  ServerFacts,
-  SettingOverride,
-  TableGrant,
+import {
+  nothingFoundYet,
+  type CheckError,
+  type ConnectionFacts,
+  type DoctorFacts,
+  type ExtensionFact,
+  type LanguageFact,
+  type MembershipFact,
+  type OwnedObject,
+  type PinFacts,
+  type RoleFacts,
+  type SecurityDefinerFact,
+  type ServerFacts,
+  type SettingOverride,
+  type TableGrant,
 } from './facts.js';
 
 /** Schemas of the system itself: pg_catalog, information_schema, TOAST and temporary schemas. */
@@ -64,18 +65,7 @@ export async function inspect(client: pg.Client, ctx: InspectContext): Promise<D
     server,
     connection: { ...ctx.connection, tls },
     role,
-    memberships: [],
-    tableGrants: [],
-    sequenceGrants: [],
-    schemaCreate: [],
-    databaseCreate: false,
-    owned: [],
-    largeObjectsGranted: 0,
-    loCompatPrivileges: false,
-    extensions: [],
-    languages: [],
-    securityDefiner: [],
-    settingOverrides: [],
+    ...nothingFoundYet(),
     pin,
     errors,
   };

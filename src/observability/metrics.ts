@@ -80,6 +80,10 @@ export const ErrorKind = {
   InternalError: 'internal_error',
   /** Sessions ended by shutdown after the grace period. */
   AdminShutdown: 'admin_shutdown',
+  /** A session idle past limits.idle_client_timeout_ms. */
+  IdleTimeout: 'idle_timeout',
+  /** A query cancelled for limits.max_result_rows / max_result_bytes (the session goes on). */
+  ResultLimit: 'result_limit',
   Other: 'other',
 } as const;
 export type ErrorKind = (typeof ErrorKind)[keyof typeof ErrorKind];

@@ -131,6 +131,9 @@ test('max_result_rows / max_result_bytes: the query is cancelled, the client get
         `${name}: the session still answers`,
       );
     }
+    // Counted as an error of its own kind, once per cancelled query.
+    const text = await proxy.server.metrics.metricsText();
+    assert.match(text, /^pgro_errors_total\{kind="result_limit"\} 3$/m);
     // A result within the limits is untouched.
     const small = await simpleQuery(proxy, 'SELECT g FROM generate_series(1, 5) g');
     assert.equal(small.filter((m) => label(m) === 'DataRow').length, 5);

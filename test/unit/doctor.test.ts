@@ -7,7 +7,12 @@ import { describe, test } from 'node:test';
 import type { UpstreamTarget } from '../../src/config/config.js';
 import { ConfigError } from '../../src/config/config.js';
 import { isLoopback, pgSslAttempts, pinnedOptions } from '../../src/doctor/connect.js';
-import type { DoctorFacts, MembershipFact, PinFacts } from '../../src/doctor/facts.js';
+import {
+  nothingFoundYet,
+  type DoctorFacts,
+  type MembershipFact,
+  type PinFacts,
+} from '../../src/doctor/facts.js';
 import {
   grade,
   gradeConnection,
@@ -60,18 +65,7 @@ function baseFacts(over: Partial<DoctorFacts> = {}): DoctorFacts {
       replication: false,
       bypassrls: false,
     },
-    memberships: [],
-    tableGrants: [],
-    sequenceGrants: [],
-    schemaCreate: [],
-    databaseCreate: false,
-    owned: [],
-    largeObjectsGranted: 0,
-    loCompatPrivileges: false,
-    extensions: [],
-    languages: [],
-    securityDefiner: [],
-    settingOverrides: [],
+    ...nothingFoundYet(),
     pin: PIN_OK,
     errors: [],
     ...over,
