@@ -6,11 +6,15 @@
  * not reach the log). The full text only when the operator opts in.
  *
  * Fingerprint and normalized text come from libpg-query, cached by text, so a
- * repeated statement costs a map lookup.
+ * repeated statement costs a map lookup. Statements that differ only in plain
+ * literals (the policy's literal shape, see policy/shape.ts) share one entry
+ * when libpg-query replaced every literal of the first: they have the same
+ * fingerprint and the same normalized text, and cost no parse either.
  */
 import { fingerprintSync, normalizeSync, scanSync } from 'libpg-query';
 import type { Logger } from './logger.js';
 import { LruCache } from '../policy/cache.js';
+import { literalShape } from '../policy/shape.js';
 import type { Decision } from '../policy/types.js';
 
 export interface AuditSession {
@@ -39,6 +43,7 @@ interface Shape {
 
 export class Audit {
   private readonly shapes = new LruCache<Shape>(10_000);
+  private readonly byLiteralShape = new LruCache<Shape>(10_000);
 
   constructor(
     private readonly logger: Logger,
@@ -48,6 +53,12 @@ export class Audit {
   private shape(sql: string): Shape {
     const hit = this.shapes.get(sql);
     if (hit) return hit;
+    const literal = literalShape(sql);
+    const shared = literal !== undefined && literal.spans.length > 0 ? literal.key : undefined;
+    if (shared !== undefined) {
+      const same = this.byLiteralShape.get(shared);
+      if (same) return same;
+    }
     let shape: Shape;
     try {
       const normalized = normalizeSync(sql);
@@ -59,7 +70,8 @@ export class Audit {
       // Text the parser refuses: no fingerprint, and no text unless opted in.
       shape = { fingerprint: undefined, normalized: undefined };
     }
-    this.shapes.set(sql, shape);
+    if (shared !== undefined && shape.normalized !== undefined) this.byLiteralShape.set(shared, shape);
+    else this.shapes.set(sql, shape);
     return shape;
   }
 

@@ -5,6 +5,7 @@
  */
 import { normalizeFunctionEntry, type FunctionPolicy } from './functions.js';
 import { toRefusal, type Finding } from './messages.js';
+import { constantReadCount } from './nodes.js';
 import { parse, parserReady } from './parser.js';
 import { BUILTIN_FROZEN_SETTINGS, canonicalSettingName, type SettingsPolicy } from './settings.js';
 import { QueryText } from './text.js';
@@ -46,6 +47,20 @@ function bare(code: ReasonCode, sqlstate: string, message: string, position?: nu
   const r: Refusal = { code, sqlstate, kind: 'UNKNOWN', message };
   if (position !== undefined) r.position = position;
   return r;
+}
+
+/**
+ * classifyWith, and whether the decision read any literal's value (a setting's
+ * new value, a pg_sleep duration...): one that did not holds for every query
+ * string of the same literal shape.
+ */
+export function classifyTraced(
+  sql: string,
+  policy: WalkPolicy,
+): { decision: Decision; readsLiterals: boolean } {
+  const before = constantReadCount();
+  const decision = classifyWith(sql, policy);
+  return { decision, readsLiterals: constantReadCount() !== before };
 }
 
 export function classifyWith(sql: string, policy: WalkPolicy): Decision {

@@ -60,10 +60,22 @@ export type Constant =
   | { type: 'null' };
 
 /**
+ * How many times the policy has looked for a constant's value. A decision made
+ * while this did not move read no literal, so it holds for every query string
+ * of the same literal shape (see shape.ts and the decision cache).
+ */
+let constantReads = 0;
+
+export function constantReadCount(): number {
+  return constantReads;
+}
+
+/**
  * The constant an expression denotes, looking through casts (`'x'::text`,
  * `interval '1 min'`). Undefined when the expression is not a literal.
  */
 export function constantOf(node: unknown): Constant | undefined {
+  constantReads++;
   const n = unwrap(node);
   if (!n) return undefined;
   if (n.tag === 'TypeCast') return constantOf(n.body.arg);

@@ -119,6 +119,9 @@ export interface PolicyOptions {
 export interface Policy {
   classify(sql: string): Decision;
   readonly options: Readonly<PolicyOptions>;
-  /** Decision-cache lookups so far, for metrics. */
-  cacheStats(): { hits: number; misses: number };
+  /**
+   * Decision-cache lookups so far, for metrics: hits (shapeHits of them by
+   * literal shape, the rest by exact text) and misses (parsed in full).
+   */
+  cacheStats(): { hits: number; misses: number; shapeHits: number };
 }
