@@ -11,6 +11,12 @@ export type Verdict = Buffer | null | undefined; // replacement | drop | keep as
 
 export type Inspector = (code: number, msg: Buffer) => Verdict;
 
+/**
+ * Told of each message of a counted type from its header alone (the body is
+ * never assembled); returns true to drop the message instead of forwarding it.
+ */
+export type Counter = (code: number, length: number) => boolean;
+
 export class BackendScanner {
   /** Bytes of a passthrough message body still to come. */
   private skip = 0;
@@ -21,12 +27,17 @@ export class BackendScanner {
   private partialTotal = -1;
   /** Set by halt(): nothing after the current message is emitted. */
   private halted = false;
+  /** The bytes being skipped belong to a dropped message: not forwarded either. */
+  private dropping = false;
 
   constructor(
     /** interesting[code] is true for message types the inspector must see. */
     private readonly interesting: Uint8Array,
     private readonly inspect: Inspector,
     private readonly maxInspectedLength: number,
+    /** counted[code] is true for message types `count` is told of (never assembled). */
+    private readonly counted?: Uint8Array,
+    private readonly count?: Counter,
   ) {}
 
   /** Stops the stream after the message being inspected (the session is ending). */
@@ -56,6 +67,10 @@ export class BackendScanner {
         const n = Math.min(this.skip, len - pos);
         this.skip -= n;
         pos += n;
+        if (this.dropping) {
+          runStart = pos;
+          if (this.skip === 0) this.dropping = false;
+        }
         continue;
       }
       if (len - pos < 5) {
@@ -68,6 +83,11 @@ export class BackendScanner {
       const total = 1 + chunk.readInt32BE(pos + 1);
       if (total < 5) throw new RangeError(`upstream message length ${total - 1} out of bounds`);
       if (this.interesting[code] !== 1) {
+        if (this.counted?.[code] === 1 && this.count!(code, total)) {
+          if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+          runStart = pos;
+          this.dropping = true;
+        }
         this.skip = total;
         continue;
       }
@@ -126,10 +146,12 @@ export class BackendScanner {
       const total = 1 + header.readInt32BE(1);
       if (total < 5) throw new RangeError(`upstream message length ${total - 1} out of bounds`);
       if (this.interesting[code] !== 1) {
-        out.push(header);
+        const drop = this.counted?.[code] === 1 && this.count!(code, total);
+        if (!drop) out.push(header);
         this.partial = [];
         this.partialBytes = 0;
         this.skip = total - 5;
+        this.dropping = drop && this.skip > 0;
         return used;
       }
       this.checkLength(total);

@@ -308,3 +308,70 @@ describe('BackendScanner: bad lengths throw RangeError, never loop', () => {
     assert.ok(Buffer.concat(scanner.scan(own(z))).equals(z));
   });
 });
+
+describe('BackendScanner: counted messages, from headers only', () => {
+  const counted = codeSet([BackendCode.DataRow]);
+
+  /** Drops DataRows after the first `keep`, and records every length it is told. */
+  function countingRun(chunks: Buffer[], keep: number) {
+    const lengths: number[] = [];
+    const scanner = new BackendScanner(
+      interestingSet,
+      () => undefined,
+      1 << 20,
+      counted,
+      (code, length) => {
+        assert.equal(code, BackendCode.DataRow);
+        lengths.push(length);
+        return lengths.length > keep;
+      },
+    );
+    const out = Buffer.concat(chunks.flatMap((c) => scanner.scan(c)));
+    return { out, lengths };
+  }
+
+  const rows = messages.filter((m) => m[0] === BackendCode.DataRow);
+  for (const keep of [0, 1, 30, 1000]) {
+    test(`keeps the first ${keep} rows and drops the rest, at every split`, () => {
+      let n = 0;
+      const want = Buffer.concat(messages.filter((m) => m[0] !== BackendCode.DataRow || n++ < keep));
+      for (const i of everyOffset) {
+        for (const j of [i + 1, i + 3, i + 7]) {
+          const cuts = j < stream.length ? [i, j] : [i];
+          const { out, lengths } = countingRun(chunksAt(cuts), keep);
+          assert.ok(out.equals(want), `split at ${cuts.join(',')}: output differs`);
+          assert.deepEqual(
+            lengths,
+            rows.map((r) => r.length),
+            `split at ${cuts.join(',')}: lengths`,
+          );
+        }
+      }
+      const bytes = countingRun(chunksAt(Array.from({ length: stream.length - 1 }, (_, i) => i + 1)), keep);
+      assert.ok(bytes.out.equals(want), 'byte by byte');
+    });
+  }
+
+  test('a counted row is never assembled: a 64 MB row streams through a 1 MB inspection limit', () => {
+    const big = Buffer.alloc(64 * 1024 * 1024 + 11);
+    big[0] = BackendCode.DataRow;
+    big.writeInt32BE(big.length - 1, 1);
+    let told = 0;
+    const scanner = new BackendScanner(
+      interestingSet,
+      () => undefined,
+      1 << 20,
+      counted,
+      (_c, len) => {
+        told = len;
+        return false;
+      },
+    );
+    let forwarded = 0;
+    for (let at = 0; at < big.length; at += 65536) {
+      for (const p of scanner.scan(big.subarray(at, at + 65536))) forwarded += p.length;
+    }
+    assert.equal(told, big.length);
+    assert.equal(forwarded, big.length);
+  });
+});
