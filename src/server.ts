@@ -15,10 +15,10 @@ import { ClientTls } from './tls/client-tls.js';
 import { UserDirectory } from './auth/users.js';
 import { Metrics } from './observability/metrics.js';
 import { Audit } from './observability/audit.js';
-import { createLogger } from './observability/logger.js';
-import { pino } from 'pino';
+import { createLogger, logDestination } from './observability/logger.js';
 import { probeTcp } from './observability/http.js';
 import { parserReady } from './policy/index.js';
+import { reloadUpstreamTls } from './upstream/connect.js';
 
 export interface ProxyServerOptions {
   config: ProxyConfig;
@@ -111,6 +111,7 @@ export class ProxyServer {
     const parts: Array<[string, () => void]> = [
       ['client_tls', () => this.ctx.clientTls.reload()],
       ['users', () => this.ctx.users?.reload()],
+      ['upstream_tls', () => reloadUpstreamTls()],
     ];
     for (const [part, reload] of parts) {
       try {
@@ -257,7 +258,7 @@ function refuse(socket: Socket, code: string, message: string): void {
 function makeAudit(config: ProxyConfig, logger: Logger): Audit | undefined {
   if (!config.audit.enabled) return undefined;
   const target = config.audit.file
-    ? createLogger('info', pino.destination({ dest: config.audit.file, mkdir: true, sync: false }))
+    ? createLogger('info', logDestination({ dest: config.audit.file, mkdir: true }))
     : logger.child({}, { level: 'info' });
   return new Audit(target, config.audit.includeText);
 }

@@ -7,9 +7,17 @@
  * TLS) and prefer (TLS, then plaintext) happen when the server refuses the
  * first attempt during startup; the session drives them (see `fallbackAttempt`).
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, rootCertificates, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import {
+  connect as tlsConnect,
+  createSecureContext,
+  rootCertificates,
+  type ConnectionOptions,
+  type SecureContext,
+  type TLSSocket,
+} from 'node:tls';
 import type { UpstreamTarget } from '../config/config.js';
 import { encodeSslRequest } from '../protocol/frontend-messages.js';
 
@@ -81,7 +89,63 @@ export function fallbackAttempt(target: UpstreamTarget, firstWasTls: boolean): A
   return undefined;
 }
 
-/** Files are read at each connection, so a rotated certificate or CA bundle is picked up. */
+/**
+ * The TLS context (trusted CAs, client certificate and key) per set of files,
+ * built at the first connection that needs it and kept: reading the files and
+ * parsing a CA bundle at each connection would cost more than the handshake.
+ * reloadUpstreamTls() (SIGHUP, /admin/reload) rereads them.
+ */
+const contexts = new Map<string, SecureContext>();
+
+interface ContextFiles {
+  ca: string | undefined;
+  cert: string | undefined;
+  key: string | undefined;
+}
+
+/** A CA bundle's certificates; throws when the file holds none, or one that does not parse. */
+function readCaBundle(file: string): string[] {
+  const pem = readFileSync(file, 'utf8');
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error(`${file} holds no PEM certificate`);
+  for (const b of blocks) new X509Certificate(b); // throws on a damaged one
+  return blocks;
+}
+
+function buildContext(files: ContextFiles): SecureContext {
+  return createSecureContext({
+    minVersion: 'TLSv1.2',
+    ...(files.ca === undefined
+      ? {}
+      : { ca: files.ca === 'system' ? [...rootCertificates] : readCaBundle(files.ca) }),
+    ...(files.cert === undefined ? {} : { cert: readFileSync(files.cert) }),
+    ...(files.key === undefined ? {} : { key: readFileSync(files.key) }),
+  });
+}
+
+function contextFor(files: ContextFiles): SecureContext {
+  const id = JSON.stringify([files.ca, files.cert, files.key]);
+  let ctx = contexts.get(id);
+  if (ctx === undefined) {
+    ctx = buildContext(files);
+    contexts.set(id, ctx);
+  }
+  return ctx;
+}
+
+/**
+ * Rereads every upstream TLS file in use. All are read before any is
+ * swapped: on an error (thrown) the contexts in use stay as they were.
+ */
+export function reloadUpstreamTls(): void {
+  const next = new Map<string, SecureContext>();
+  for (const id of contexts.keys()) {
+    const [ca, cert, key] = JSON.parse(id) as Array<string | null>;
+    next.set(id, buildContext({ ca: ca ?? undefined, cert: cert ?? undefined, key: key ?? undefined }));
+  }
+  for (const [id, ctx] of next) contexts.set(id, ctx);
+}
+
 export function tlsOptions(target: UpstreamTarget): ConnectionOptions {
   const t = target.tls;
   const ip = isIP(target.host) !== 0;
@@ -94,16 +158,15 @@ export function tlsOptions(target: UpstreamTarget): ConnectionOptions {
     // SNI as libpq sends it (sslsni=1): the host name, never an address.
     servername: ip ? undefined : target.host,
     ALPNProtocols: ['postgresql'],
-    minVersion: 'TLSv1.2',
     rejectUnauthorized: verifyChain,
+    secureContext: contextFor({
+      ca: verifyChain && t.sslrootcert ? t.sslrootcert : undefined,
+      cert: t.sslcert,
+      key: t.sslkey,
+    }),
   };
-  if (verifyChain && t.sslrootcert) {
-    opts.ca = t.sslrootcert === 'system' ? [...rootCertificates] : readFileSync(t.sslrootcert);
-  }
   // verify-ca checks the chain only; verify-full (Node's default check) the name too.
   if (t.sslmode !== 'verify-full') opts.checkServerIdentity = () => undefined;
-  if (t.sslcert) opts.cert = readFileSync(t.sslcert);
-  if (t.sslkey) opts.key = readFileSync(t.sslkey);
   return opts;
 }
 

@@ -20,7 +20,9 @@
  * `authenticated` log line.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -679,6 +681,48 @@ describe('a server with TLS', () => {
         clientTls,
       );
     });
+  });
+
+  test('upstream TLS files are read once and reread on reload; a bad file keeps the old', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'pgro-upstls-'));
+    const bundle = path.join(dir, 'ca.pem');
+    copyFileSync(certs.ca.cert, bundle);
+    try {
+      await withProxy(target({ sslmode: 'verify-ca', sslrootcert: bundle }), async (p) => {
+        const ok = async (): Promise<void> => {
+          const c = await p.client({ user: TLS_ONLY, password: PASSWORD });
+          try {
+            assert.deepEqual(await sessionInfo(c), { ssl: true, user: TLS_ONLY });
+          } finally {
+            await c.end();
+          }
+        };
+        const refused = async (): Promise<void> => {
+          await assert.rejects(p.client({ user: TLS_ONLY, password: PASSWORD }), (err: pg.DatabaseError) => {
+            assert.equal(err.code, '08006');
+            assert.match(err.detail ?? '', CERT_PROBLEM);
+            return true;
+          });
+        };
+        await ok();
+        // The file changes; connections keep the CA read at first until a reload.
+        copyFileSync(certs.otherCa.cert, bundle);
+        await ok();
+        assert.deepEqual(p.server.reload(), { ok: true, errors: [] });
+        await refused();
+        // A broken file: the reload says so, and the CA in use stays.
+        writeFileSync(bundle, 'not a certificate');
+        const r = p.server.reload();
+        assert.equal(r.ok, false);
+        assert.match(r.errors.join(' '), /^upstream_tls: /);
+        await refused();
+        copyFileSync(certs.ca.cert, bundle);
+        assert.equal(p.server.reload().ok, true);
+        await ok();
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
