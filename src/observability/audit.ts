@@ -12,7 +12,6 @@
  * fingerprint and the same normalized text, and cost no parse either.
  */
 import { fingerprintSync, normalizeSync, scanSync } from 'libpg-query';
-import type { Logger } from './logger.js';
 import { LruCache } from '../policy/cache.js';
 import { literalShape } from '../policy/shape.js';
 import type { Decision } from '../policy/types.js';
@@ -41,12 +40,25 @@ interface Shape {
   normalized: string | undefined;
 }
 
+/** Where audit lines go: the log destination (pino's stream), written to directly. */
+export interface AuditSink {
+  write(line: string): unknown;
+}
+
 export class Audit {
   private readonly shapes = new LruCache<Shape>(10_000);
   private readonly byLiteralShape = new LruCache<Shape>(10_000);
 
+  /**
+   * Records are written as JSON lines of the same shape as the other log lines
+   * (level, time, the logger's bindings, fields, msg), but without going
+   * through pino's per-line machinery (redaction paths, serializers): with a
+   * record per statement, that cost more than classifying the statement. The
+   * fields are the proxy's own, none of them a secret.
+   */
   constructor(
-    private readonly logger: Logger,
+    private readonly sink: AuditSink,
+    private readonly bindings: Record<string, unknown>,
     private readonly includeText: boolean,
   ) {}
 
@@ -83,28 +95,30 @@ export class Audit {
     outcome: AuditOutcome = {},
   ): void {
     const { fingerprint, normalized } = this.shape(sql);
-    this.logger.info(
-      {
-        event: 'audit',
-        session: s.session,
-        client: s.client,
-        user: s.user,
-        database: s.database,
-        application_name: s.applicationName,
-        via,
-        decision: decision.allowed ? 'allowed' : 'refused',
-        reason: decision.refusal?.code,
-        kind: decision.allowed ? decision.statements.map((st) => st.kind).join(';') : decision.refusal?.kind,
-        fingerprint,
-        normalized,
-        text: this.includeText ? sql : undefined,
-        duration_ms: outcome.durationMs,
-        rows: outcome.rows,
-        bytes: outcome.bytes,
-        session_ended: outcome.ended,
-      },
-      'statement',
-    );
+    const line = JSON.stringify({
+      level: 'info',
+      time: new Date().toISOString(),
+      ...this.bindings,
+      event: 'audit',
+      session: s.session,
+      client: s.client,
+      user: s.user,
+      database: s.database,
+      application_name: s.applicationName,
+      via,
+      decision: decision.allowed ? 'allowed' : 'refused',
+      reason: decision.refusal?.code,
+      kind: decision.allowed ? decision.statements.map((st) => st.kind).join(';') : decision.refusal?.kind,
+      fingerprint,
+      normalized,
+      text: this.includeText ? sql : undefined,
+      duration_ms: outcome.durationMs,
+      rows: outcome.rows,
+      bytes: outcome.bytes,
+      session_ended: outcome.ended,
+      msg: 'statement',
+    });
+    this.sink.write(line + '\n');
   }
 }
 
