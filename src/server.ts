@@ -14,8 +14,9 @@ import { Session, type SessionContext } from './session/session.js';
 import { ClientTls } from './tls/client-tls.js';
 import { UserDirectory } from './auth/users.js';
 import { Metrics } from './observability/metrics.js';
-import { Audit } from './observability/audit.js';
-import { createLogger, logDestination } from './observability/logger.js';
+import { Audit, type AuditSink } from './observability/audit.js';
+import { pino } from 'pino';
+import { logDestination } from './observability/logger.js';
 import { probeTcp } from './observability/http.js';
 import { parserReady } from './policy/index.js';
 import { reloadUpstreamTls } from './upstream/connect.js';
@@ -257,8 +258,8 @@ function refuse(socket: Socket, code: string, message: string): void {
  */
 function makeAudit(config: ProxyConfig, logger: Logger): Audit | undefined {
   if (!config.audit.enabled) return undefined;
-  const target = config.audit.file
-    ? createLogger('info', logDestination({ dest: config.audit.file, mkdir: true }))
-    : logger.child({}, { level: 'info' });
-  return new Audit(target, config.audit.includeText);
+  const sink: AuditSink = config.audit.file
+    ? logDestination({ dest: config.audit.file, mkdir: true })
+    : (logger as unknown as Record<symbol, AuditSink>)[pino.symbols.streamSym]!;
+  return new Audit(sink, logger.bindings(), config.audit.includeText);
 }
