@@ -16,5 +16,5 @@ COPY --from=build /app/dist ./dist
 USER node
 # 6432: PostgreSQL clients; 9432: /metrics, /healthz, /readyz (with --http-listen).
 EXPOSE 6432 9432
-ENTRYPOINT ["node", "dist/cli.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "dist/cli.js"]
 CMD ["--listen", "0.0.0.0:6432"]
