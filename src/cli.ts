@@ -3,17 +3,21 @@
  * Command line: argv → config → the proxy (in front of a configured upstream or
  * the embedded default), or the `check` subcommand.
  */
+import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { parseArgs } from 'node:util';
+import v8 from 'node:v8';
 import {
   ConfigError,
   readConfigFile,
   resolveConfig,
   type CliOverrides,
   type ProxyConfig,
+  type RawConfig,
   type UpstreamTarget,
 } from './config/config.js';
+import { clusterLogDestination, WORKER_INDEX_ENV } from './cluster/messages.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
 import { ProxyServer } from './server.js';
@@ -47,6 +51,8 @@ Options:
       --client-tls MODE    disable, allow or require (default: allow with a
                            certificate, else disable)
       --http-listen HOST:PORT  serve /metrics, /healthz and /readyz (off by default)
+      --workers N|auto     worker processes behind the one listener (default 1;
+                           auto: one per CPU)
       --iterations N       hash-password: SCRAM iteration count (default 4096)
       --user U             doctor: the role (with auth.mode proxy: a proxy user) to check
       --password-env VAR   doctor: its upstream password from this environment variable
@@ -88,6 +94,7 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
       'tls-key': { type: 'string' },
       'client-tls': { type: 'string' },
       'http-listen': { type: 'string' },
+      workers: { type: 'string' },
       iterations: { type: 'string' },
       user: { type: 'string' },
       'password-env': { type: 'string' },
@@ -125,6 +132,7 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
     tlsKey: values['tls-key'],
     clientTls: values['client-tls'],
     httpListen: values['http-listen'],
+    workers: values.workers,
     iterations: values.iterations,
     user: values.user,
     passwordEnv: values['password-env'],
@@ -136,10 +144,15 @@ function parseCli(argv: string[]): Args | 'help' | 'version' {
   };
 }
 
-function loadConfig(args: Args): ProxyConfig {
+/** The config file, validated, with --log-level applied. */
+function readRawConfig(args: Args): RawConfig {
   const raw = args.config ? readConfigFile(args.config) : {};
   if (args.logLevel) raw.log = { ...raw.log, level: args.logLevel as never };
-  return resolveConfig(raw, args);
+  return raw;
+}
+
+function loadConfig(args: Args): ProxyConfig {
+  return resolveConfig(readRawConfig(args), args);
 }
 
 async function runCheck(args: Args): Promise<number> {
@@ -191,7 +204,14 @@ async function runDoctorCommand(args: Args): Promise<number> {
 }
 
 async function runProxy(args: Args): Promise<void> {
-  const config = loadConfig(args);
+  if (cluster.isWorker && process.env[WORKER_INDEX_ENV] !== undefined) {
+    // A worker the primary forked: it gets the configuration from the primary.
+    const { runWorker } = await import('./cluster/worker.js');
+    return runWorker({ resolve: (raw) => resolveConfig(raw, args) });
+  }
+  const raw = readRawConfig(args);
+  const config = resolveConfig(raw, args);
+  if (config.workers > 1) return runPrimary(args, raw, config);
   const logger = createLogger(config.logLevel);
   // SIGHUP's default action ends the process: take it over before anything slow
   // (the embedded PostgreSQL) starts; it reloads once the server exists.
@@ -212,30 +232,7 @@ async function runProxy(args: Args): Promise<void> {
   if (config.upstream) {
     upstream = config.upstream;
   } else {
-    const { startEmbedded } = await import('./embedded/embedded.js');
-    const { DEMO_DATABASE, DEMO_PASSWORD, DEMO_USER } = await import('./embedded/demo-schema.js');
-    logger.info(
-      { dataDir: config.embedded.dataDir },
-      'no upstream configured: starting the embedded PostgreSQL',
-    );
-    const embedded = await startEmbedded({ ...config.embedded, logger, demo: true });
-    upstream = {
-      host: embedded.host,
-      port: embedded.port,
-      tls: { sslmode: 'disable', sslnegotiation: 'postgres' },
-    };
-    stopEmbedded = embedded.stop;
-    banner = (addr: { host: string; port: number }) =>
-      [
-        '',
-        `pg-readonly-proxy is listening on ${addr.host}:${addr.port}, in front of an embedded PostgreSQL with demo data.`,
-        'Connect with:',
-        '',
-        `  psql "postgresql://${DEMO_USER}:${DEMO_PASSWORD}@${hostForUrl(addr.host)}:${addr.port}/${DEMO_DATABASE}"`,
-        '',
-        'Reads work; writes are refused. Press Ctrl-C to stop.',
-        '',
-      ].join('\n');
+    ({ upstream, stop: stopEmbedded, banner } = await startEmbeddedUpstream(config, logger));
   }
 
   const metrics = new Metrics({
@@ -335,6 +332,74 @@ async function runProxy(args: Args): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
 
+/** The embedded PostgreSQL with demo data (no upstream configured), and the banner that says how to connect. */
+async function startEmbeddedUpstream(
+  config: ProxyConfig,
+  logger: Logger,
+): Promise<{
+  upstream: UpstreamTarget;
+  stop: () => Promise<void>;
+  banner: (addr: { host: string; port: number }) => string;
+}> {
+  const { startEmbedded } = await import('./embedded/embedded.js');
+  const { DEMO_DATABASE, DEMO_PASSWORD, DEMO_USER } = await import('./embedded/demo-schema.js');
+  logger.info(
+    { dataDir: config.embedded.dataDir },
+    'no upstream configured: starting the embedded PostgreSQL',
+  );
+  const embedded = await startEmbedded({ ...config.embedded, logger, demo: true });
+  return {
+    upstream: {
+      host: embedded.host,
+      port: embedded.port,
+      tls: { sslmode: 'disable', sslnegotiation: 'postgres' },
+    },
+    stop: embedded.stop,
+    banner: (addr) =>
+      [
+        '',
+        `pg-readonly-proxy is listening on ${addr.host}:${addr.port}, in front of an embedded PostgreSQL with demo data.`,
+        'Connect with:',
+        '',
+        `  psql "postgresql://${DEMO_USER}:${DEMO_PASSWORD}@${hostForUrl(addr.host)}:${addr.port}/${DEMO_DATABASE}"`,
+        '',
+        'Reads work; writes are refused. Press Ctrl-C to stop.',
+        '',
+      ].join('\n'),
+  };
+}
+
+/**
+ * `workers` > 1: this process is the primary of a cluster (src/cluster/). It
+ * starts the embedded PostgreSQL if there is no upstream, forks the workers,
+ * serves the HTTP endpoint, and coordinates reloads and shutdown.
+ */
+async function runPrimary(args: Args, raw: RawConfig, config: ProxyConfig): Promise<void> {
+  const logger = createLogger(config.logLevel, clusterLogDestination()).child({ role: 'primary' });
+  const { runPrimary: run } = await import('./cluster/primary.js');
+  let banner: ((addr: { host: string; port: number }) => string) | undefined;
+  await run({
+    raw,
+    config,
+    logger,
+    reread: args.config
+      ? () => {
+          const next = readRawConfig(args);
+          return { raw: next, config: resolveConfig(next, args) };
+        }
+      : undefined,
+    startEmbedded: async () => {
+      const embedded = await startEmbeddedUpstream(config, logger);
+      banner = embedded.banner;
+      return embedded;
+    },
+    onListening: (addr, upstream) => {
+      if (banner) process.stderr.write(banner(addr));
+      warnAboutUpstreamCredentials(config, upstream, logger);
+    },
+  });
+}
+
 /**
  * Proxy-managed users' upstream passwords go to whatever answers at the upstream
  * address: without a verified certificate, a man in the middle could ask for them.
@@ -354,6 +419,14 @@ function hostForUrl(host: string): string {
   if (host === '0.0.0.0' || host === '::') return '127.0.0.1';
   return host.includes(':') ? `[${host}]` : host;
 }
+
+/**
+ * V8 keeps the WebAssembly SQL parser in its baseline tier (Liftoff): its
+ * optimizing tier would spend ~110 MiB of memory, for good, to make the
+ * parser ~13 % faster, and with the decision cache the parser runs only for
+ * query strings of a new shape. Must run before the parser is compiled.
+ */
+v8.setFlagsFromString('--liftoff-only');
 
 async function main(): Promise<void> {
   let args: ReturnType<typeof parseCli>;

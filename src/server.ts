@@ -20,6 +20,7 @@ import { logDestination } from './observability/logger.js';
 import { probeTcp } from './observability/http.js';
 import { parserReady } from './policy/index.js';
 import { reloadUpstreamTls } from './upstream/connect.js';
+import { PoolCloseReason, UpstreamPool } from './upstream/pool.js';
 
 export interface ProxyServerOptions {
   config: ProxyConfig;
@@ -28,6 +29,8 @@ export interface ProxyServerOptions {
   logger: Logger;
   /** Counted whether or not they are served over HTTP. */
   metrics?: Metrics;
+  /** Cancel keys; a worker process passes one that routes other workers' keys (default: this process owns all). */
+  cancels?: CancelRegistry;
 }
 
 export class ProxyServer {
@@ -45,7 +48,7 @@ export class ProxyServer {
       upstream: opts.upstream,
       policy: opts.policy,
       logger: opts.logger,
-      cancels: new CancelRegistry(),
+      cancels: opts.cancels ?? new CancelRegistry(),
       admitUser: (user) => {
         const limit = this.ctx.config.maxConnectionsPerUser;
         const n = this.perUser.get(user) ?? 0;
@@ -68,6 +71,15 @@ export class ProxyServer {
         opts.config.auth.upstreamRequireAuth && new Set(opts.config.auth.upstreamRequireAuth),
       onClose: (s) => this.sessions.delete(s),
     };
+    // Only proxy-managed users can share upstream sessions: the proxy holds their credentials.
+    if (opts.config.auth.mode === 'proxy') {
+      this.ctx.pool = new UpstreamPool({
+        config: () => this.ctx.config.pool,
+        users: () => this.ctx.users,
+        logger: opts.logger,
+        metrics: this.ctx.metrics,
+      });
+    }
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => opts.logger.error({ err }, 'listener error'));
   }
@@ -126,6 +138,8 @@ export class ProxyServer {
         );
       }
     }
+    // Pooled upstream sessions of users whose credentials or databases changed are closed.
+    this.ctx.pool?.reconcile();
     this.opts.logger.info(
       { event: 'reloaded', ok, certificate: this.ctx.clientTls.describe(), users: this.ctx.users?.size },
       ok ? 'reloaded' : 'reloaded with errors',
@@ -144,6 +158,7 @@ export class ProxyServer {
     const old = this.ctx.config;
     const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
     const fixed: Array<[string, unknown, unknown]> = [
+      ['workers', old.workers, next.workers],
       ['listen', old.listen, next.listen],
       ['upstream', old.upstream, next.upstream],
       ['http', old.http, next.http],
@@ -166,6 +181,7 @@ export class ProxyServer {
       return { ok: false, errors: [`config: ${message}`], restartNeeded };
     }
     const kept = {
+      workers: old.workers,
       listen: old.listen,
       upstream: old.upstream,
       http: old.http,
@@ -176,7 +192,11 @@ export class ProxyServer {
     this.ctx.policy = policy;
     this.ctx.clientTls = clientTls;
     this.ctx.users = users;
+    const requireAuthChanged = !same(old.auth.upstreamRequireAuth, next.auth.upstreamRequireAuth);
     this.ctx.upstreamRequireAuth = next.auth.upstreamRequireAuth && new Set(next.auth.upstreamRequireAuth);
+    // Pooled upstream sessions logged in by a method no longer allowed, or for users that changed, go.
+    if (requireAuthChanged) this.ctx.pool?.drain(PoolCloseReason.Drained);
+    this.ctx.pool?.reconcile();
     this.ctx.metrics.setDecisionCacheStats(() => policy.cacheStats());
     this.opts.logger.level = next.logLevel;
     if (restartNeeded.length > 0) {
@@ -221,10 +241,16 @@ export class ProxyServer {
     return this.sessions.size;
   }
 
+  /** Upstream sessions idle in the pool (proxy-managed users), reset and ready for a client. */
+  get pooledIdle(): number {
+    return this.ctx.pool?.idleCount ?? 0;
+  }
+
   /** Stops accepting; waits up to graceMs for sessions to end, then ends the rest. */
   async shutdown(graceMs = this.ctx.config.shutdownGraceMs): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.ctx.pool?.close();
     this.opts.logger.info(
       { event: 'shutdown', sessions: this.sessions.size, grace_ms: graceMs },
       'shutting down',

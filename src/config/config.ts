@@ -4,9 +4,10 @@
  * unknown key or a bad value is an error that names the key's path.
  */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parseDocument } from 'yaml';
-import { configSchema } from './schema.js';
+import { configSchema, MAX_WORKERS } from './schema.js';
 import type { PolicyOptions } from '../policy/types.js';
 import type { SslMode, UpstreamTls } from '../upstream/connect.js';
 
@@ -55,7 +56,31 @@ export function defaultUpstreamTls(): UpstreamTls {
   return { sslmode: 'prefer', sslnegotiation: 'postgres' };
 }
 
+/**
+ * Warm upstream sessions for proxy-managed users (see src/upstream/pool.ts).
+ * Timeouts of 0 mean never, as PgBouncer's server_idle_timeout / server_lifetime.
+ */
+export interface PoolConfig {
+  /** Keep a client's upstream session, reset, for the next client with the same key (auth.mode proxy only). */
+  enabled: boolean;
+  /** Idle sessions kept per key (proxy user, database, startup parameters). */
+  maxIdle: number;
+  /** Idle sessions kept in all. */
+  maxIdleTotal: number;
+  /** An idle session is closed after this long unused. */
+  idleTimeoutMs: number;
+  /** A session is closed once this old, at its next return or while idle. */
+  maxLifetimeMs: number;
+  /** DISCARD ALL and its check must be answered within this long, or the session is closed. */
+  resetTimeoutMs: number;
+}
+
+/** Worker processes when neither the file nor --workers says (1: one process, no cluster). */
+export const DEFAULT_WORKERS = 1;
+
 export interface ProxyConfig {
+  /** Worker processes behind the one listener ("auto" resolved); 1: a single process, no cluster. */
+  workers: number;
   listen: { host: string; port: number };
   /** Undefined: start the embedded PostgreSQL with demo data. */
   upstream: UpstreamTarget | undefined;
@@ -81,6 +106,7 @@ export interface ProxyConfig {
   logLevel: string;
   policy: Partial<PolicyOptions>;
   embedded: { dataDir: string; port: number };
+  pool: PoolConfig;
 }
 
 export class ConfigError extends Error {
@@ -99,7 +125,8 @@ export type RawUser = {
   databases: string[];
 };
 
-type RawConfig = {
+export type RawConfig = {
+  workers?: number | 'auto';
   listen?: string;
   upstream?: {
     url?: string;
@@ -147,6 +174,14 @@ type RawConfig = {
     cache_size?: number;
   };
   embedded?: { data_dir?: string; port?: number };
+  pool?: {
+    enabled?: boolean;
+    max_idle?: number;
+    max_idle_total?: number;
+    idle_timeout_ms?: number;
+    max_lifetime_ms?: number;
+    reset_timeout_ms?: number;
+  };
 };
 
 const ajv = new Ajv({ allErrors: true, strict: true });
@@ -154,6 +189,8 @@ const validate = ajv.compile(configSchema);
 
 function describe(e: ErrorObject): string {
   const path = e.instancePath.replace(/^\//, '').replace(/\//g, '.') || '(top level)';
+  const described = e.keyword === 'anyOf' ? schemaDescription(e.schemaPath) : undefined;
+  if (described) return `${path}: must be ${described}`;
   if (e.keyword === 'additionalProperties') {
     const key = (e.params as { additionalProperty: string }).additionalProperty;
     return `${path === '(top level)' ? key : `${path}.${key}`}: unknown key`;
@@ -164,10 +201,24 @@ function describe(e: ErrorObject): string {
   return `${path}: ${e.message ?? 'invalid'}`;
 }
 
+/** The description of the config schema's node at an ajv schemaPath's parent (`#/properties/workers/anyOf`). */
+function schemaDescription(schemaPath: string): string | undefined {
+  let node: unknown = configSchema;
+  for (const key of schemaPath.replace(/^#\//, '').split('/').slice(0, -1))
+    node = node && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined;
+  const d = node && typeof node === 'object' ? (node as { description?: unknown }).description : undefined;
+  return typeof d === 'string' ? d : undefined;
+}
+
 export function validateRawConfig(raw: unknown, source: string): RawConfig {
   if (raw === null || raw === undefined) return {};
   if (!validate(raw)) {
-    const lines = (validate.errors ?? []).map(describe);
+    const errors = validate.errors ?? [];
+    // A described anyOf that failed is one line, not one per branch it tried.
+    const told = errors
+      .filter((e) => e.keyword === 'anyOf' && schemaDescription(e.schemaPath))
+      .map((e) => `${e.schemaPath}/`);
+    const lines = errors.filter((e) => !told.some((p) => e.schemaPath.startsWith(p))).map(describe);
     throw new ConfigError(`invalid configuration in ${source}:\n  ${[...new Set(lines)].join('\n  ')}`);
   }
   return raw as RawConfig;
@@ -298,6 +349,8 @@ export interface CliOverrides {
   tlsKey?: string | undefined;
   clientTls?: string | undefined;
   httpListen?: string | undefined;
+  /** --workers N|auto */
+  workers?: string | undefined;
 }
 
 export function resolveConfig(
@@ -352,6 +405,14 @@ export function resolveConfig(
     auth.upstreamRequireAuth = u.require_auth;
   }
 
+  const workersSpec = overrides.workers ?? raw.workers ?? DEFAULT_WORKERS;
+  const workers = resolveWorkers(workersSpec, overrides.workers !== undefined ? '--workers' : 'workers');
+  if (raw.limits?.max_connections_per_user !== undefined && (workersSpec === 'auto' || workers > 1)) {
+    throw new ConfigError(
+      `limits.max_connections_per_user cannot be enforced with several worker processes (workers: ${workersSpec}): each would count only its own sessions. Remove the limit or run one process (workers: 1)`,
+    );
+  }
+
   const listen = parseHostPort(
     overrides.listen ?? raw.listen ?? '127.0.0.1:6432',
     overrides.listen ? '--listen' : 'listen',
@@ -368,6 +429,7 @@ export function resolveConfig(
   if (p.cache_size !== undefined) policy.cacheSize = p.cache_size;
 
   return {
+    workers,
     listen,
     upstream,
     upstreamConnectTimeoutMs: raw.upstream?.connect_timeout_ms ?? 10000,
@@ -390,7 +452,39 @@ export function resolveConfig(
     logLevel: raw.log?.level ?? 'info',
     policy,
     embedded: { dataDir: raw.embedded?.data_dir ?? '.data/embedded', port: raw.embedded?.port ?? 0 },
+    pool: resolvePool(raw.pool ?? {}, auth.mode),
   };
+}
+
+/**
+ * The `pool` section. It applies to proxy-managed users only (passthrough
+ * clients bring their own credentials), and is on by default with them.
+ */
+function resolvePool(raw: NonNullable<RawConfig['pool']>, mode: AuthConfig['mode']): PoolConfig {
+  return {
+    enabled: raw.enabled ?? mode === 'proxy',
+    maxIdle: raw.max_idle ?? 8,
+    maxIdleTotal: raw.max_idle_total ?? 64,
+    idleTimeoutMs: raw.idle_timeout_ms ?? 600000,
+    maxLifetimeMs: raw.max_lifetime_ms ?? 3600000,
+    resetTimeoutMs: raw.reset_timeout_ms ?? 5000,
+  };
+}
+
+/**
+ * `workers`: a count, or "auto" for the CPUs this process may use
+ * (os.availableParallelism(), at most MAX_WORKERS).
+ */
+export function resolveWorkers(
+  spec: number | string,
+  what: string,
+  parallelism: () => number = availableParallelism,
+): number {
+  if (spec === 'auto') return Math.max(1, Math.min(MAX_WORKERS, parallelism()));
+  const n = typeof spec === 'number' ? spec : /^\d{1,4}$/.test(spec) ? Number(spec) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_WORKERS)
+    throw new ConfigError(`${what}: must be a whole number from 1 to ${MAX_WORKERS}, or "auto"`);
+  return n;
 }
 
 function resolveClientTls(raw: NonNullable<RawConfig['client_tls']>, o: CliOverrides): ClientTlsConfig {

@@ -27,10 +27,17 @@ export const usersFileSchema = {
   properties: { users: usersSchema },
 } as const;
 
+/** The most worker processes `workers` may ask for ("auto" included). */
+export const MAX_WORKERS = 256;
+
 export const configSchema = {
   type: 'object',
   additionalProperties: false,
   properties: {
+    workers: {
+      description: `a whole number from 1 to ${MAX_WORKERS}, or "auto"`,
+      anyOf: [{ type: 'integer', minimum: 1, maximum: MAX_WORKERS }, { const: 'auto' }],
+    },
     listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[^:\\s]+):[0-9]{1,5}$' },
     upstream: {
       type: 'object',
@@ -141,6 +148,18 @@ export const configSchema = {
       properties: {
         data_dir: { type: 'string', minLength: 1 },
         port: { type: 'integer', minimum: 0, maximum: 65535 },
+      },
+    },
+    pool: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        enabled: { type: 'boolean' },
+        max_idle: { type: 'integer', minimum: 0, maximum: 10000 },
+        max_idle_total: { type: 'integer', minimum: 0, maximum: 100000 },
+        idle_timeout_ms: { type: 'integer', minimum: 0, maximum: 604800000 },
+        max_lifetime_ms: { type: 'integer', minimum: 0, maximum: 604800000 },
+        reset_timeout_ms: { type: 'integer', minimum: 100, maximum: 600000 },
       },
     },
   },

@@ -11,8 +11,12 @@
  * statement kinds outside the set become their verb (CREATE / ALTER / DROP) or
  * OTHER, and unknown reasons, results and event kinds become `other`. No client
  * input can grow the number of series.
+ *
+ * With several worker processes, the primary sums the workers' registries
+ * (prom-client's AggregatorRegistry.aggregate, see src/cluster/): counters,
+ * gauges and histograms add up; each metric's `aggregator` says otherwise.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Aggregator } from 'prom-client';
 import { ReasonCode } from '../policy/types.js';
 import { VERSION } from '../version.js';
 
@@ -87,6 +91,43 @@ export const ErrorKind = {
   Other: 'other',
 } as const;
 export type ErrorKind = (typeof ErrorKind)[keyof typeof ErrorKind];
+
+/**
+ * `pgro_pool_closed_total{reason}`: why an upstream session of a proxy-managed
+ * user was closed instead of being kept for the next client (src/upstream/pool.ts).
+ */
+export const PoolCloseReason = {
+  /** The session ended with an error: protocol violation, timeout, upstream gone, shutdown of the session. */
+  SessionError: 'session_error',
+  PinViolation: 'pin_violation',
+  /** The client left inside a transaction block (ReadyForQuery 'T' or 'E'). */
+  InTransaction: 'in_transaction',
+  /** Something was still in flight: an unanswered Sync or query, an unsynced batch, COPY, a refusal's substitute error. */
+  InFlight: 'in_flight',
+  /** A query of the session hit limits.max_result_rows / max_result_bytes (and was cancelled). */
+  ResultLimit: 'result_limit',
+  /** A cancel forwarded for the session did not settle in time: it could land on the next client. */
+  CancelUnsettled: 'cancel_unsettled',
+  /** The user, its upstream credentials or its databases changed (reload). */
+  CredentialsChanged: 'credentials_changed',
+  MaxLifetime: 'max_lifetime',
+  IdleTimeout: 'idle_timeout',
+  /** pool.max_idle or pool.max_idle_total was reached. */
+  PoolFull: 'pool_full',
+  /** DISCARD ALL or its check failed, was answered unexpectedly or not in time. */
+  ResetFailed: 'reset_failed',
+  /** The server closed an idle session. */
+  UpstreamClosed: 'upstream_closed',
+  /** The server sent something to an idle session. */
+  UnexpectedMessage: 'unexpected_message',
+  /** A session handed out failed the session's own checks (read-only, version, encoding). */
+  HandoutCheck: 'handout_check',
+  /** Emptied by a reload (upstream.require_auth changed) or the pool was disabled. */
+  Drained: 'drained',
+  Shutdown: 'shutdown',
+  Other: 'other',
+} as const;
+export type PoolCloseReason = (typeof PoolCloseReason)[keyof typeof PoolCloseReason];
 
 /** Other labels' fallback value (a kind that is not in the set). */
 const OTHER = 'other';
@@ -214,6 +255,8 @@ const REASONS: ReadonlySet<string> = new Set<string>(Object.values(ReasonCode));
 export interface DecisionCacheStats {
   hits: number;
   misses: number;
+  /** Of the hits, those found by literal shape. */
+  shapeHits?: number;
 }
 
 export interface MetricsOptions {
@@ -272,6 +315,10 @@ export class Metrics {
   #bytesIn = 0;
   #bytesOut = 0;
   #cacheStats: (() => DecisionCacheStats) | undefined;
+  #poolIdle = 0;
+  readonly #poolRequests = new LabelCounts(['hit', 'miss']);
+  readonly #poolResets = new LabelCounts(['ok', 'failed']);
+  readonly #poolClosed = new LabelCounts(Object.values(PoolCloseReason));
 
   readonly #classification: Histogram;
   readonly #query: Histogram;
@@ -286,6 +333,7 @@ export class Metrics {
       help: 'pg-readonly-proxy build information (always 1).',
       labelNames: ['version'],
       registers: [this.registry],
+      aggregator: 'first',
     }).set({ version: VERSION }, 1);
     new Gauge({
       name: `${p}client_connections`,
@@ -350,6 +398,12 @@ export class Metrics {
       (c) => c.inc(this.#readCacheStats()?.misses ?? 0),
     );
     this.#counter(
+      'decision_cache_shape_hits_total',
+      'Decision-cache hits by literal shape: a query string differing only in literals from one parsed before (part of the hits).',
+      [],
+      (c) => c.inc(this.#readCacheStats()?.shapeHits ?? 0),
+    );
+    this.#counter(
       'security_events_total',
       'Security events (startup-packet attacks, failed proxy logins, read-only pin violations), by kind.',
       ['kind'],
@@ -359,7 +413,37 @@ export class Metrics {
       fillLabels(c, 'kind', this.#errors),
     );
 
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: p });
+    new Gauge({
+      name: `${p}pool_idle_connections`,
+      help: 'Upstream sessions of proxy-managed users idle in the pool now, reset and ready for a client.',
+      registers: [this.registry],
+      collect: fillWith((g: Gauge) => g.set(this.#poolIdle)),
+    });
+    this.#counter(
+      'pool_requests_total',
+      'Proxy-managed logins by where their upstream session came from: hit (an idle pooled one) or miss (a fresh login upstream).',
+      ['result'],
+      (c) => fillLabels(c, 'result', this.#poolRequests),
+    );
+    this.#counter(
+      'pool_resets_total',
+      'Resets (DISCARD ALL and its check) of upstream sessions returned to the pool, by result.',
+      ['result'],
+      (c) => fillLabels(c, 'result', this.#poolResets),
+    );
+    this.#counter(
+      'pool_closed_total',
+      'Upstream sessions of proxy-managed users closed instead of kept in the pool, by reason.',
+      ['reason'],
+      (c) => fillLabels(c, 'reason', this.#poolClosed),
+    );
+
+    if (options.defaultMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry, prefix: p });
+      // prom-client leaves the start time out of a cluster's sum: the earliest process's start instead.
+      const start = this.registry.getSingleMetric(`${p}process_start_time_seconds`);
+      if (start) (start as unknown as { aggregator: Aggregator }).aggregator = 'min';
+    }
   }
 
   /* ------------------------------------------------------------- hot path */
@@ -428,6 +512,25 @@ export class Metrics {
   error(kind: ErrorKind | string): void {
     if (!this.#errors.counts.has(kind) && kind.startsWith('startup_')) kind = ErrorKind.StartupRefused;
     this.#errors.add(kind);
+  }
+
+  /** Idle sessions in the upstream pool now. */
+  poolIdle(n: number): void {
+    this.#poolIdle = n;
+  }
+
+  /** A proxy-managed login took an idle pooled session (hit) or logged in upstream (miss). */
+  poolRequest(hit: boolean): void {
+    this.#poolRequests.add(hit ? 'hit' : 'miss');
+  }
+
+  poolReset(ok: boolean): void {
+    this.#poolResets.add(ok ? 'ok' : 'failed');
+  }
+
+  /** An upstream session closed instead of being pooled (or while pooled). */
+  poolClosed(reason: PoolCloseReason | string): void {
+    this.#poolClosed.add(reason);
   }
 
   /* ------------------------------------------------------------ the rest */

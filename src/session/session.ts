@@ -70,6 +70,14 @@ import {
 import { sanitiseStartup } from './startup.js';
 import { ClientAuthenticator, UpstreamLogin } from './proxy-auth.js';
 import type { CancelRegistry } from './cancel-registry.js';
+import {
+  handoffGreeting,
+  poolIdentity,
+  PoolCloseReason,
+  type PooledUpstream,
+  type PoolIdentity,
+  type UpstreamPool,
+} from '../upstream/pool.js';
 
 export interface SessionContext {
   config: ProxyConfig;
@@ -87,6 +95,8 @@ export interface SessionContext {
   users: UserDirectory | undefined;
   /** upstream.require_auth, for proxy-managed users' upstream logins. */
   upstreamRequireAuth?: ReadonlySet<string> | undefined;
+  /** Warm upstream sessions for proxy-managed users (pool.*); undefined in passthrough. */
+  pool?: UpstreamPool | undefined;
   onClose(session: Session): void;
 }
 
@@ -113,9 +123,10 @@ const SETTING_SENSITIVE_BYTE = /[\\\x80-\xff]/;
 const MAX_STARTUP_PACKET = 10000;
 const MAX_AUTH_MESSAGE = 65535;
 
+/** Rows, counted from their headers when a result limit is configured. */
+const RESULT_CODES = codeSet([BackendCode.DataRow, BackendCode.CopyData]);
+
 /** Upstream messages the session must see while it is ready. */
-/** Every row too, when a result limit is configured. */
-const LIMITED_CODES_LIST = [BackendCode.DataRow, BackendCode.CopyData];
 
 const READY_CODE_LIST = [
   BackendCode.ReadyForQuery,
@@ -133,7 +144,9 @@ const READY_CODE_LIST = [
   BackendCode.PortalSuspended,
 ];
 const READY_CODES = codeSet(READY_CODE_LIST);
-const LIMITED_CODES = codeSet([...READY_CODE_LIST, ...LIMITED_CODES_LIST]);
+
+/** Client bytes a barrier lets wait in the framer before the client socket is paused. */
+const HELD_BYTES = 256 * 1024;
 
 /** The upstream messages an error during inspection can safely carry. */
 const MAX_INSPECTED_MESSAGE = 16 * 1024 * 1024;
@@ -239,8 +252,24 @@ export class Session {
   private resultCounted = false;
   private refused = 0;
   private closeReason = '';
+  /** Messages for the upstream gathered during one pump(), and the socket they are for. */
+  private readonly batch: Buffer[] = [];
+  private batchTarget: Socket | undefined;
   /** Set by an inspector that ended the session: close once its last message is written. */
   private closeAfterWrite: string | undefined;
+  /** Proxy-managed, pool on at login: who may share this upstream session (src/upstream/pool.ts). */
+  private poolId: PoolIdentity | undefined;
+  /** The pooled upstream session this client was handed, if it was. */
+  private pooled: PooledUpstream | undefined;
+  /** When the upstream connection was opened (pool.max_lifetime_ms counts from here). */
+  private upstreamOpenedAt = 0;
+  /** Every ParameterStatus of the upstream session, latest value, in the order first reported. */
+  private reportedParams = new Map<string, string>();
+  /** This session's listeners on its upstream socket, taken off when the socket goes to the pool. */
+  private upstreamListeners:
+    { data: (chunk: Buffer) => void; error: (err: Error) => void; close: () => void } | undefined;
+  /** Cancels forwarded upstream, each resolving true once it reached the server in time. */
+  private readonly cancelsInFlight = new Set<Promise<boolean>>();
 
   constructor(
     client: Socket,
@@ -341,8 +370,11 @@ export class Session {
   /* ------------------------------------------------------------------ client side */
 
   private pump(): void {
-    const up = this.upstream;
-    up?.cork();
+    // Messages for the upstream are gathered and written once at the end: one
+    // write (one syscall) for what one read from the client brought.
+    // A pump() inside another (a message handler that pumps) adds to its batch.
+    const up = this.batchTarget === undefined ? this.upstream : undefined;
+    if (up) this.batchTarget = up;
     try {
       while (
         this.phase === 'startup' ||
@@ -389,7 +421,29 @@ export class Session {
         );
       }
     } finally {
-      up?.uncork();
+      if (up) this.flushBatch(up);
+    }
+  }
+
+  private flushBatch(up: Socket): void {
+    this.batchTarget = undefined;
+    const batch = this.batch;
+    if (batch.length === 0 || up.destroyed) {
+      batch.length = 0;
+      return;
+    }
+    let ok: boolean;
+    if (batch.length === 1) ok = up.write(batch[0]!);
+    else {
+      up.cork();
+      ok = true;
+      for (const b of batch) ok = up.write(b) && ok;
+      up.uncork();
+    }
+    batch.length = 0;
+    if (!ok) {
+      this.updateClientFlow();
+      up.once('drain', () => this.updateClientFlow());
     }
   }
 
@@ -504,6 +558,7 @@ export class Session {
   }
 
   private connect(): void {
+    if (this.takePooled()) return;
     this.phase = 'connecting';
     this.client.pause();
     void this.openUpstream(firstAttempt(this.ctx.upstream));
@@ -930,13 +985,8 @@ export class Session {
       return;
     }
     this.upstream = socket;
-    const limited =
-      this.ctx.config.maxResultRows !== undefined || this.ctx.config.maxResultBytes !== undefined;
-    this.scanner = new BackendScanner(
-      limited ? LIMITED_CODES : READY_CODES,
-      this.onUpstreamMessage,
-      MAX_INSPECTED_MESSAGE,
-    );
+    this.upstreamOpenedAt = Date.now();
+    this.scanner = this.newScanner();
     if (this.proxyUser) {
       const cert = this.upstreamTls && peerCertificateDer(this.upstreamTls);
       this.upstreamLogin = new UpstreamLogin(
@@ -946,9 +996,7 @@ export class Session {
         this.ctx.upstreamRequireAuth,
       );
     }
-    socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
-    socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
-    socket.on('close', () => this.close('upstream closed'));
+    this.attachUpstream(socket);
     socket.resume();
     this.phase = 'authenticating';
     socket.write(encodeStartupMessage(this.upstreamParams));
@@ -985,6 +1033,7 @@ export class Session {
     this.serverVersionNum = 0;
     this.sessionAuthorization = undefined;
     this.upstreamKey = undefined;
+    this.reportedParams.clear();
     this.phase = 'connecting';
     this.updateClientFlow();
     void this.openUpstream(fallback);
@@ -1061,10 +1110,10 @@ export class Session {
    * their bytes per query are counted; past a limit the query is cancelled,
    * the rest of it dropped, and the client told which limit it hit.
    */
-  private onResultData(code: number, msg: Buffer): Verdict {
-    if (this.limitHit) return null;
+  private readonly onResultData = (code: number, length: number): boolean => {
+    if (this.limitHit || this.phase === 'closed') return true;
     this.resultRows++;
-    this.resultBytes += msg.length;
+    this.resultBytes += length;
     const { maxResultRows, maxResultBytes } = this.ctx.config;
     let hit: string | undefined;
     if (maxResultRows !== undefined && this.resultRows > maxResultRows) {
@@ -1072,13 +1121,13 @@ export class Session {
     } else if (maxResultBytes !== undefined && this.resultBytes > maxResultBytes) {
       hit = `the result is larger than limits.max_result_bytes (${maxResultBytes} bytes)`;
     }
-    if (hit === undefined) return undefined;
+    if (hit === undefined) return false;
     this.limitHit = hit;
     this.log.warn({ event: 'result_limit', why: hit, code: String.fromCharCode(code) }, 'result limit hit');
     this.ctx.metrics.error('result_limit');
     this.cancelDone = this.cancelUpstream();
-    return null;
-  }
+    return true;
+  };
 
   private limitError(why: string): Buffer {
     return encodeErrorResponse({
@@ -1093,9 +1142,6 @@ export class Session {
   private inspectUpstream(code: number, msg: Buffer): Verdict {
     if (this.phase === 'closed') return null;
     switch (code) {
-      case BackendCode.DataRow:
-      case BackendCode.CopyData:
-        return this.onResultData(code, msg);
       case BackendCode.ReadyForQuery:
         return this.onReadyForQuery(msg);
       case BackendCode.ParameterStatus:
@@ -1342,6 +1388,216 @@ export class Session {
     return msg;
   }
 
+  /* ------------------------------------------------- pooled upstream sessions */
+
+  /** The upstream scanner: every row is looked at too when a result limit is configured. */
+  private newScanner(): BackendScanner {
+    const limited =
+      this.ctx.config.maxResultRows !== undefined || this.ctx.config.maxResultBytes !== undefined;
+    // With result limits, rows are counted from their headers, never assembled.
+    return limited
+      ? new BackendScanner(
+          READY_CODES,
+          this.onUpstreamMessage,
+          MAX_INSPECTED_MESSAGE,
+          RESULT_CODES,
+          this.onResultData,
+        )
+      : new BackendScanner(READY_CODES, this.onUpstreamMessage, MAX_INSPECTED_MESSAGE);
+  }
+
+  private attachUpstream(socket: Socket): void {
+    const listeners = {
+      data: (chunk: Buffer) => this.onUpstreamData(chunk),
+      error: (err: Error) => this.log.debug({ err: err.message }, 'upstream socket error'),
+      close: () => this.close('upstream closed'),
+    };
+    socket.on('data', listeners.data);
+    socket.on('error', listeners.error);
+    socket.on('close', listeners.close);
+    this.upstreamListeners = listeners;
+  }
+
+  private detachUpstream(socket: Socket): void {
+    const l = this.upstreamListeners;
+    if (!l) return;
+    socket.off('data', l.data);
+    socket.off('error', l.error);
+    socket.off('close', l.close);
+    this.upstreamListeners = undefined;
+  }
+
+  /**
+   * Proxy-managed users with the pool on, right after the proxy authenticated
+   * the client: an idle upstream session of the same key (user, database,
+   * credentials, startup parameters), if the pool has one, and the client
+   * greeted as after a fresh login (AuthenticationOk, the server's
+   * ParameterStatus set, a new BackendKeyData of the proxy's, ReadyForQuery).
+   * False: log in upstream as usual.
+   */
+  private takePooled(): boolean {
+    const pool = this.ctx.pool;
+    const user = this.proxyUser;
+    if (!pool || !user || !pool.enabled) return false;
+    const id = poolIdentity(user, this.database, this.upstreamParams);
+    this.poolId = id;
+    const conn = pool.acquire(id);
+    if (!conn) return false;
+    // The session's own checks, as on the ParameterStatus of a fresh login.
+    let refused: string | undefined;
+    for (const [name, value] of conn.parameters) refused ??= this.watchParameter(name, value);
+    if (!refused && this.serverVersionNum < 140000) refused = 'server older than PostgreSQL 14';
+    if (!refused && !this.readOnlyConfirmed) refused = 'default_transaction_read_only not confirmed';
+    if (refused) {
+      this.readOnlyConfirmed = false;
+      this.serverVersionNum = 0;
+      this.sessionAuthorization = undefined;
+      this.textEncoding = 'utf8';
+      pool.discard(conn, PoolCloseReason.HandoutCheck, refused);
+      return false;
+    }
+    if (!this.ctx.admitUser(this.user)) {
+      // Untouched: back to the pool (after another reset), and the client refused as after a fresh login.
+      pool.release(id, conn);
+      this.log.warn(
+        { event: 'connection_limit', user: this.user, limit: this.ctx.config.maxConnectionsPerUser },
+        'too many connections for this user',
+      );
+      this.ctx.metrics.connectionResult('refused_limit');
+      this.resultCounted = true;
+      this.endWith(
+        encodeErrorResponse({
+          severity: 'FATAL',
+          code: SqlState.TooManyConnections,
+          message: `too many connections for role "${this.user}"`,
+          hint: 'pg-readonly-proxy limits the sessions one user may hold (limits.max_connections_per_user).',
+        }),
+        'per-user connection limit',
+      );
+      return true;
+    }
+    this.admitted = true;
+    this.pooled = conn;
+    this.upstream = conn.socket;
+    this.upstreamTls = conn.tls;
+    this.upstreamOpenedAt = conn.openedAt;
+    this.upstreamKey = conn.backendKey;
+    // Kept current from here on, and handed back with the session.
+    this.reportedParams = conn.parameters;
+    this.scanner = this.newScanner();
+    this.attachUpstream(conn.socket);
+    conn.socket.resume();
+    this.proxyKey = this.ctx.cancels.issue(this);
+    this.log.info(
+      {
+        event: 'authenticated',
+        user: this.user,
+        upstream_user: user.upstreamUser,
+        database: this.database,
+        application_name: this.applicationName,
+        client_tls: this.clientTls?.getProtocol() ?? false,
+        upstream_tls: this.upstreamTls?.getProtocol() ?? false,
+        client_auth: this.clientAuthMethod ?? 'passthrough',
+        upstream_auth: conn.loginMethod,
+        pooled: true,
+        upstream_uses: conn.uses,
+      },
+      'authenticated',
+    );
+    // AuthenticationOk ... ReadyForQuery 'I', in one write.
+    const greeting = this.becomeReady(handoffGreeting(conn.parameters, this.proxyKey));
+    this.ctx.metrics.bytesOut(greeting.length);
+    this.client.write(greeting);
+    this.updateClientFlow();
+    return true;
+  }
+
+  /**
+   * From close(): a proxy-managed session whose client ended cleanly with
+   * nothing in flight hands its upstream session to the pool, which resets it
+   * (or closes it); any other ending leaves it to close(), counted by reason.
+   */
+  private returnUpstream(reason: string): void {
+    const pool = this.ctx.pool;
+    const id = this.poolId;
+    const up = this.upstream;
+    if (!pool || !id || !up || this.phase !== 'ready') return;
+    const refused = this.poolRefusal(reason, up);
+    if (refused) {
+      pool.notReused(refused, { session: this.id, user: this.user, database: this.database, why: reason });
+      return;
+    }
+    this.detachUpstream(up);
+    this.upstream = undefined;
+    const cancels = [...this.cancelsInFlight];
+    const settled = cancels.length > 0 ? Promise.all(cancels).then((ok) => ok.every(Boolean)) : undefined;
+    pool.release(
+      id,
+      {
+        socket: up,
+        tls: this.upstreamTls,
+        backendKey: this.upstreamKey!,
+        parameters: this.reportedParams,
+        loginMethod: this.pooled?.loginMethod ?? this.upstreamLogin?.method,
+        openedAt: this.upstreamOpenedAt,
+        uses: (this.pooled?.uses ?? 0) + 1,
+      },
+      settled,
+    );
+  }
+
+  /**
+   * Why this session's upstream session may not serve another client; undefined
+   * when the client ended cleanly (Terminate or disconnect) with every Sync
+   * answered, outside a transaction, and nothing else the proxy would have to
+   * be sure about.
+   */
+  private poolRefusal(reason: string, up: Socket): PoolCloseReason | undefined {
+    if (reason === 'pin violation') return PoolCloseReason.PinViolation;
+    if ((reason !== 'client terminated' && reason !== 'client disconnected') || this.closeAfterWrite)
+      return PoolCloseReason.SessionError;
+    // A result limit cancelled a query upstream (cancelDone stays set once one has).
+    if (this.limitHit !== undefined || this.cancelDone !== undefined) return PoolCloseReason.ResultLimit;
+    if (
+      this.segmentsSent !== this.segmentsDone ||
+      this.inBatch ||
+      this.executesInFlight > 0 ||
+      this.pending !== undefined ||
+      this.awaitingReady ||
+      this.awaitingExecute ||
+      this.awaitingCancel
+    )
+      return PoolCloseReason.InFlight;
+    if (this.txStatus !== TxStatus.Idle) return PoolCloseReason.InTransaction;
+    if (
+      !this.readOnlyConfirmed ||
+      !this.upstreamKey ||
+      up.destroyed ||
+      !up.writable ||
+      up.readableEnded ||
+      up.writableLength > 0
+    )
+      return PoolCloseReason.SessionError;
+    return undefined;
+  }
+
+  /**
+   * Remembers a cancel forwarded upstream until it has settled: a cancel that
+   * lands after the session went back to the pool would hit the next client, so
+   * the pool waits for these before the reset. One that took longer than
+   * CANCEL_SETTLE_MS (the cancel connection timed out) counts as unsettled.
+   */
+  private trackCancel(sent: Promise<void>): Promise<void> {
+    const started = Date.now();
+    const settled = sent.then(
+      () => Date.now() - started < CANCEL_SETTLE_MS,
+      () => false,
+    );
+    this.cancelsInFlight.add(settled);
+    void settled.then(() => this.cancelsInFlight.delete(settled));
+    return sent;
+  }
+
   /** Tracks a reported setting; returns why the session must end, if it must. */
   private watchParameter(name: string, value: string): string | undefined {
     switch (name) {
@@ -1371,6 +1627,7 @@ export class Session {
 
   private onParameterStatus(msg: Buffer): Verdict {
     const { name, value } = decodeParameterStatus(msg);
+    this.reportedParams.set(name, value);
     const violation = this.watchParameter(name, value);
     return violation ? this.pinViolation(violation) : undefined;
   }
@@ -1436,7 +1693,7 @@ export class Session {
     if (!key) return Promise.resolve();
     const attempt = this.upstreamTls ? 'tls' : 'plain';
     this.log.info({ event: 'cancel_forwarded' }, 'cancel forwarded upstream');
-    return connectUpstream(this.ctx.upstream, 5000, attempt).then(
+    const sent = connectUpstream(this.ctx.upstream, 5000, attempt).then(
       ({ socket }) =>
         new Promise<void>((resolve) => {
           const timer = setTimeout(() => socket.destroy(), 5000);
@@ -1451,11 +1708,16 @@ export class Session {
         }),
       (err: Error) => this.log.debug({ err: err.message }, 'cancel connection error'),
     );
+    return this.trackCancel(sent);
   }
 
   private toUpstream(msg: Buffer): void {
     const up = this.upstream;
     if (!up || up.destroyed) return;
+    if (up === this.batchTarget) {
+      this.batch.push(msg);
+      return;
+    }
     if (!up.write(msg)) {
       this.updateClientFlow();
       up.once('drain', () => this.updateClientFlow());
@@ -1464,12 +1726,13 @@ export class Session {
 
   /** The client is read only while the upstream can take more and no barrier holds it. */
   private updateClientFlow(): void {
-    const hold =
-      this.awaitingReady ||
-      this.awaitingExecute ||
-      this.awaitingCancel ||
-      (this.upstream?.writableNeedDrain ?? false) ||
-      this.phase === 'connecting';
+    // While a barrier holds, what the client sends waits in the framer; the
+    // socket is paused only once that passes HELD_BYTES (a client that waits
+    // for each answer, as most do, never toggles it).
+    const held =
+      (this.awaitingReady || this.awaitingExecute || this.awaitingCancel) &&
+      this.framer.buffered > HELD_BYTES;
+    const hold = held || (this.upstream?.writableNeedDrain ?? false) || this.phase === 'connecting';
     if (hold && !this.client.isPaused()) this.client.pause();
     else if (!hold && this.client.isPaused() && this.phase !== 'closed') this.client.resume();
   }
@@ -1503,6 +1766,9 @@ export class Session {
 
   close(reason: string): void {
     if (this.phase === 'closed') return;
+    // What this pump() gathered goes first (before any Terminate, or a reset).
+    if (this.batchTarget !== undefined) this.flushBatch(this.batchTarget);
+    this.returnUpstream(reason);
     // A query the session ended before it finished (a pin violation, a client
     // that left) still gets its audit record.
     const unfinished = this.audited ?? this.auditDue;
@@ -1550,6 +1816,9 @@ export class Session {
 }
 
 const MARKER_PREFIX = 'pg-readonly-proxy refused statement ';
+
+/** A cancel connection that took this long may not have reached the server before the session was reused. */
+const CANCEL_SETTLE_MS = 4000;
 
 /** SQLSTATE 3D000: the database the client named does not exist. */
 const INVALID_CATALOG_NAME = '3D000';

@@ -525,7 +525,14 @@ describe('sslmode → node-postgres', () => {
     });
     assert.ok(opts);
     assert.equal(opts.rejectUnauthorized, true);
-    assert.ok(Array.isArray(opts.ca) && opts.ca.length > 0);
+    // The trusted CAs are in a TLS context built once for this set of files.
+    assert.ok(opts.secureContext, 'a secure context');
+    const [again] = pgSslAttempts({
+      host: 'db.internal',
+      port: 5432,
+      tls: { sslmode: 'verify-full', sslrootcert: 'system', sslnegotiation: 'postgres' },
+    });
+    assert.ok(again && again.secureContext === opts.secureContext, 'the same context, not rebuilt');
     assert.equal(opts.checkServerIdentity, undefined, "Node's own name check");
     assert.deepEqual(opts.ALPNProtocols, ['postgresql']);
   });

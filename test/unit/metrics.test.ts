@@ -67,6 +67,7 @@ test('every metric is present, prefixed, with its type', async () => {
     ['pgro_client_sent_bytes_total', 'counter'],
     ['pgro_decision_cache_hits_total', 'counter'],
     ['pgro_decision_cache_misses_total', 'counter'],
+    ['pgro_decision_cache_shape_hits_total', 'counter'],
     ['pgro_security_events_total', 'counter'],
     ['pgro_errors_total', 'counter'],
     // Node's default metrics, with the same prefix.
@@ -253,15 +254,17 @@ test('histograms count each observation in the right bucket, in seconds', async 
 });
 
 test('decision-cache counters read the stats function at each scrape', async () => {
-  let stats = { hits: 10, misses: 3 };
+  let stats = { hits: 10, misses: 3, shapeHits: 7 };
   const m = new Metrics({ defaultMetrics: false, decisionCacheStats: () => stats });
   let s = (await scrape(m)).samples;
   assert.equal(value(s, 'pgro_decision_cache_hits_total'), 10);
   assert.equal(value(s, 'pgro_decision_cache_misses_total'), 3);
-  stats = { hits: 25, misses: 4 };
+  assert.equal(value(s, 'pgro_decision_cache_shape_hits_total'), 7);
+  stats = { hits: 25, misses: 4, shapeHits: 9 };
   s = (await scrape(m)).samples;
   assert.equal(value(s, 'pgro_decision_cache_hits_total'), 25);
   assert.equal(value(s, 'pgro_decision_cache_misses_total'), 4);
+  assert.equal(value(s, 'pgro_decision_cache_shape_hits_total'), 9);
   // No source, or one that throws: 0, and the scrape still works.
   m.setDecisionCacheStats(() => {
     throw new Error('boom');
