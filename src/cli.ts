@@ -17,8 +17,8 @@ import {
   type RawConfig,
   type UpstreamTarget,
 } from './config/config.js';
-import { clusterLogDestination, WORKER_INDEX_ENV } from './cluster/messages.js';
-import { createLogger, type Logger } from './observability/logger.js';
+import { WORKER_INDEX_ENV } from './cluster/messages.js';
+import { createLogger, logDestination, type Logger } from './observability/logger.js';
 import { createPolicy, formatCheckReport, loadParser } from './policy/index.js';
 import { ProxyServer } from './server.js';
 import { Metrics } from './observability/metrics.js';
@@ -375,7 +375,9 @@ async function startEmbeddedUpstream(
  * serves the HTTP endpoint, and coordinates reloads and shutdown.
  */
 async function runPrimary(args: Args, raw: RawConfig, config: ProxyConfig): Promise<void> {
-  const logger = createLogger(config.logLevel, clusterLogDestination()).child({ role: 'primary' });
+  const logger = createLogger(config.logLevel, logDestination({ fd: 1 }, { shared: true })).child({
+    role: 'primary',
+  });
   const { runPrimary: run } = await import('./cluster/primary.js');
   let banner: ((addr: { host: string; port: number }) => string) | undefined;
   await run({

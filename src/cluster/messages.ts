@@ -6,7 +6,6 @@
  *
  * Nothing here is logged as it is: a cancel message holds a client's secret key.
  */
-import { pino } from 'pino';
 import type { RawConfig, UpstreamTarget } from '../config/config.js';
 import type { ReloadResult } from '../observability/http.js';
 
@@ -54,16 +53,4 @@ export function isMessage<T extends { type: string }>(m: unknown): m is T {
     typeof (m as { type?: unknown }).type === 'string' &&
     (m as { type: string }).type.startsWith('pgro:')
   );
-}
-
-/**
- * Every process of a cluster writes its log lines to the same stdout. A write
- * of at most PIPE_BUF (4096) bytes to a pipe is atomic, and pino's destination
- * joins whole lines, up to maxWrite bytes, into one write: so lines from
- * different processes never interleave (a single line over 4 KiB may). Lines
- * are batched as a single process batches them (logDestination), in writes of
- * 2 to 4 KiB or every 200 ms.
- */
-export function clusterLogDestination(): pino.DestinationStream {
-  return pino.destination({ fd: 1, sync: false, minLength: 2048, maxWrite: 4096, periodicFlush: 200 });
 }

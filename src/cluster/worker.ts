@@ -11,7 +11,7 @@
  */
 import { createPolicy, loadParser } from '../policy/index.js';
 import { ConfigError, type ProxyConfig, type RawConfig } from '../config/config.js';
-import { createLogger, type Logger } from '../observability/logger.js';
+import { createLogger, logDestination, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
 import type { ReloadResult } from '../observability/http.js';
 import { CancelRegistry, workerOfProcessId } from '../session/cancel-registry.js';
@@ -19,7 +19,6 @@ import { ProxyServer } from '../server.js';
 import { describeTarget } from '../upstream/connect.js';
 import { VERSION } from '../version.js';
 import {
-  clusterLogDestination,
   isMessage,
   SECRET_HEX,
   WORKER_COUNT_ENV,
@@ -75,7 +74,9 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
   });
 
   const config = opts.resolve(start.raw);
-  const log = createLogger(config.logLevel, clusterLogDestination()).child({ worker: index });
+  const log = createLogger(config.logLevel, logDestination({ fd: 1 }, { shared: true })).child({
+    worker: index,
+  });
   early.log = log;
   const metrics = new Metrics({ defaultMetrics: config.http !== undefined });
   const cancels = new CancelRegistry(undefined, {

@@ -19,9 +19,19 @@ export const REDACT_PATHS = [
  * Log lines are written in batches of at least 4 KiB, or every 200 ms, and at
  * exit: a busy proxy writing an audit record per statement then makes a few
  * hundred writes a second, not one per line.
+ *
+ * `shared`: several processes (worker processes) write to the same stdout. A
+ * write of at most PIPE_BUF (4096) bytes to a pipe is atomic, and the
+ * destination joins whole lines up to maxWrite bytes into one write, so with
+ * writes of 2 to 4 KiB lines from different processes never interleave (a
+ * single line over 4 KiB may).
  */
-export function logDestination(to: { fd: number } | { dest: string; mkdir: true }): pino.DestinationStream {
-  return pino.destination({ ...to, sync: false, minLength: 4096, periodicFlush: 200 });
+export function logDestination(
+  to: { fd: number } | { dest: string; mkdir: true },
+  opts: { shared?: boolean } = {},
+): pino.DestinationStream {
+  const size = opts.shared ? { minLength: 2048, maxWrite: 4096 } : { minLength: 4096 };
+  return pino.destination({ ...to, ...size, sync: false, periodicFlush: 200 });
 }
 
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {

@@ -127,7 +127,6 @@ const MAX_AUTH_MESSAGE = 65535;
 const RESULT_CODES = codeSet([BackendCode.DataRow, BackendCode.CopyData]);
 
 /** Upstream messages the session must see while it is ready. */
-
 const READY_CODE_LIST = [
   BackendCode.ReadyForQuery,
   BackendCode.ParameterStatus,
@@ -441,10 +440,13 @@ export class Session {
       up.uncork();
     }
     batch.length = 0;
-    if (!ok) {
-      this.updateClientFlow();
-      up.once('drain', () => this.updateClientFlow());
-    }
+    if (!ok) this.holdUntilDrained(up);
+  }
+
+  /** The upstream's buffer is full: the client is not read until it drains. */
+  private holdUntilDrained(up: Socket): void {
+    this.updateClientFlow();
+    up.once('drain', () => this.updateClientFlow());
   }
 
   private onStartupPacket(msg: Buffer): void {
@@ -1223,38 +1225,49 @@ export class Session {
       // From here on the client has seen this attempt: no fallback to another.
       this.clientSawAuth = true;
       if (!this.ctx.admitUser(this.user)) {
-        this.log.warn(
-          { event: 'connection_limit', user: this.user, limit: this.ctx.config.maxConnectionsPerUser },
-          'too many connections for this user',
-        );
-        this.ctx.metrics.connectionResult('refused_limit');
-        this.resultCounted = true;
         this.scanner?.halt();
         this.closeAfterWrite = 'per-user connection limit';
-        return encodeErrorResponse({
-          severity: 'FATAL',
-          code: SqlState.TooManyConnections,
-          message: `too many connections for role "${this.user}"`,
-          hint: 'pg-readonly-proxy limits the sessions one user may hold (limits.max_connections_per_user).',
-        });
+        return this.userLimitError();
       }
       this.admitted = true;
-      this.log.info(
-        {
-          event: 'authenticated',
-          user: this.user,
-          upstream_user: this.proxyUser?.upstreamUser,
-          database: this.database,
-          application_name: this.applicationName,
-          client_tls: this.clientTls?.getProtocol() ?? false,
-          upstream_tls: this.upstreamTls?.getProtocol() ?? false,
-          client_auth: this.clientAuthMethod ?? 'passthrough',
-          upstream_auth: this.upstreamLogin?.method,
-        },
-        'authenticated',
-      );
+      this.logAuthenticated(this.upstreamLogin?.method);
     }
     return undefined;
+  }
+
+  /** limits.max_connections_per_user reached at login: logged, counted, and the client's FATAL. */
+  private userLimitError(): Buffer {
+    this.log.warn(
+      { event: 'connection_limit', user: this.user, limit: this.ctx.config.maxConnectionsPerUser },
+      'too many connections for this user',
+    );
+    this.ctx.metrics.connectionResult('refused_limit');
+    this.resultCounted = true;
+    return encodeErrorResponse({
+      severity: 'FATAL',
+      code: SqlState.TooManyConnections,
+      message: `too many connections for role "${this.user}"`,
+      hint: 'pg-readonly-proxy limits the sessions one user may hold (limits.max_connections_per_user).',
+    });
+  }
+
+  /** The `authenticated` log line; `pooled`: the upstream session came from the pool. */
+  private logAuthenticated(upstreamAuth: string | undefined, pooled?: { uses: number }): void {
+    this.log.info(
+      {
+        event: 'authenticated',
+        user: this.user,
+        upstream_user: this.proxyUser?.upstreamUser,
+        database: this.database,
+        application_name: this.applicationName,
+        client_tls: this.clientTls?.getProtocol() ?? false,
+        upstream_tls: this.upstreamTls?.getProtocol() ?? false,
+        client_auth: this.clientAuthMethod ?? 'passthrough',
+        upstream_auth: upstreamAuth,
+        ...(pooled ? { pooled: true, upstream_uses: pooled.uses } : {}),
+      },
+      'authenticated',
+    );
   }
 
   /** An error from the server before the session is ready. */
@@ -1459,21 +1472,7 @@ export class Session {
     if (!this.ctx.admitUser(this.user)) {
       // Untouched: back to the pool (after another reset), and the client refused as after a fresh login.
       pool.release(id, conn);
-      this.log.warn(
-        { event: 'connection_limit', user: this.user, limit: this.ctx.config.maxConnectionsPerUser },
-        'too many connections for this user',
-      );
-      this.ctx.metrics.connectionResult('refused_limit');
-      this.resultCounted = true;
-      this.endWith(
-        encodeErrorResponse({
-          severity: 'FATAL',
-          code: SqlState.TooManyConnections,
-          message: `too many connections for role "${this.user}"`,
-          hint: 'pg-readonly-proxy limits the sessions one user may hold (limits.max_connections_per_user).',
-        }),
-        'per-user connection limit',
-      );
+      this.endWith(this.userLimitError(), 'per-user connection limit');
       return true;
     }
     this.admitted = true;
@@ -1488,22 +1487,7 @@ export class Session {
     this.attachUpstream(conn.socket);
     conn.socket.resume();
     this.proxyKey = this.ctx.cancels.issue(this);
-    this.log.info(
-      {
-        event: 'authenticated',
-        user: this.user,
-        upstream_user: user.upstreamUser,
-        database: this.database,
-        application_name: this.applicationName,
-        client_tls: this.clientTls?.getProtocol() ?? false,
-        upstream_tls: this.upstreamTls?.getProtocol() ?? false,
-        client_auth: this.clientAuthMethod ?? 'passthrough',
-        upstream_auth: conn.loginMethod,
-        pooled: true,
-        upstream_uses: conn.uses,
-      },
-      'authenticated',
-    );
+    this.logAuthenticated(conn.loginMethod, conn);
     // AuthenticationOk ... ReadyForQuery 'I', in one write.
     const greeting = this.becomeReady(handoffGreeting(conn.parameters, this.proxyKey));
     this.ctx.metrics.bytesOut(greeting.length);
@@ -1718,10 +1702,7 @@ export class Session {
       this.batch.push(msg);
       return;
     }
-    if (!up.write(msg)) {
-      this.updateClientFlow();
-      up.once('drain', () => this.updateClientFlow());
-    }
+    if (!up.write(msg)) this.holdUntilDrained(up);
   }
 
   /** The client is read only while the upstream can take more and no barrier holds it. */

@@ -116,29 +116,6 @@ export function poolIdentity(
 const AUTHENTICATION_OK = encodeAuthenticationOk();
 const READY_IDLE = encodeReadyForQuery(TxStatus.Idle);
 
-/** The encoded ParameterStatus set of a parameters map, and the entries it was built from. */
-const greetings = new WeakMap<Map<string, string>, { entries: Array<[string, string]>; block: Buffer }>();
-
-function parameterBlock(parameters: Map<string, string>): Buffer {
-  const cached = greetings.get(parameters);
-  if (cached && cached.entries.length === parameters.size) {
-    let i = 0;
-    let same = true;
-    for (const [name, value] of parameters) {
-      const e = cached.entries[i++]!;
-      if (e[0] !== name || e[1] !== value) {
-        same = false;
-        break;
-      }
-    }
-    if (same) return cached.block;
-  }
-  const entries = [...parameters];
-  const block = Buffer.concat(entries.map(([name, value]) => encodeParameterStatus(name, value)));
-  greetings.set(parameters, { entries, block });
-  return block;
-}
-
 /**
  * What a client sees after its login when it is handed a pooled session, as
  * after a fresh one, in one buffer: AuthenticationOk, the server's
@@ -148,7 +125,7 @@ function parameterBlock(parameters: Map<string, string>): Buffer {
 export function handoffGreeting(parameters: Map<string, string>, proxyKey: BackendKey): Buffer {
   return Buffer.concat([
     AUTHENTICATION_OK,
-    parameterBlock(parameters),
+    ...[...parameters].map(([name, value]) => encodeParameterStatus(name, value)),
     encodeBackendKeyData(proxyKey),
     READY_IDLE,
   ]);
